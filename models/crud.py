@@ -1,0 +1,261 @@
+"""Database access: plain functions, keyword-only arguments, the session first.
+
+Writes that tasks make are idempotent upserts on the tables' unique keys, so a
+task that runs twice (a redelivery after a crash) leaves one row, not two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from models.errors import NotFound
+from models.tables import (
+    Dataset,
+    DatasetItem,
+    Experiment,
+    ExperimentStatus,
+    Result,
+    ResultStatus,
+    Score,
+    utcnow,
+)
+
+_INSERT_CHUNK = 500
+
+
+def _insert(session: Session, table: Any) -> Any:
+    """The dialect's INSERT, which knows ON CONFLICT."""
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"evalq supports SQLite and PostgreSQL, not {name}")
+
+
+# --- datasets -------------------------------------------------------------------------
+
+
+def get_or_create_dataset(
+    *, session: Session, name: str, version: str, source: str | None, items: Sequence[dict]
+) -> tuple[Dataset, bool]:
+    """The dataset (name, version), created with its items if new. Returns (row, created)."""
+    stmt = (
+        _insert(session, Dataset)
+        .values(name=name, version=version, source=source, item_count=len(items),
+                created_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["name", "version"])
+        .returning(Dataset.id)  # type: ignore[arg-type]
+    )
+    new_id = session.execute(stmt).scalar_one_or_none()
+    if new_id is not None:
+        rows = [{"dataset_id": new_id, **item} for item in items]
+        for start in range(0, len(rows), _INSERT_CHUNK):
+            session.execute(sa.insert(DatasetItem), rows[start : start + _INSERT_CHUNK])
+    dataset = session.exec(
+        select(Dataset).where(Dataset.name == name, Dataset.version == version)
+    ).one()
+    return dataset, new_id is not None
+
+
+def latest_dataset(*, session: Session, name: str) -> Dataset | None:
+    """The most recently stored version of the dataset called `name`."""
+    return session.exec(
+        select(Dataset).where(Dataset.name == name).order_by(col(Dataset.id).desc()).limit(1)
+    ).first()
+
+
+def dataset_item_ids(*, session: Session, dataset_id: int) -> list[int]:
+    """Ids of a dataset's items in file order."""
+    rows = session.exec(
+        select(DatasetItem.id)
+        .where(DatasetItem.dataset_id == dataset_id)
+        .order_by(col(DatasetItem.position))
+    ).all()
+    return [int(r) for r in rows if r is not None]
+
+
+# --- experiments ----------------------------------------------------------------------
+
+
+def create_experiment(*, session: Session, experiment_in: Experiment) -> Experiment:
+    """Insert a new experiment and return it with its id."""
+    session.add(experiment_in)
+    session.flush()
+    return experiment_in
+
+
+def get_experiment(*, session: Session, experiment_id: int) -> Experiment:
+    """The experiment with this id, or NotFound."""
+    experiment = session.get(Experiment, experiment_id)
+    if experiment is None:
+        raise NotFound(
+            f"no experiment with id {experiment_id}: `evalq list` shows the experiments "
+            "of this database (EVALQ_DATABASE_URL)"
+        )
+    return experiment
+
+
+def mark_experiment(
+    *, session: Session, experiment_id: int, status: ExperimentStatus, error: str | None = None
+) -> None:
+    """Set an experiment's status (and error); stamps started/finished times."""
+    values: dict[str, Any] = {"status": status, "error": error}
+    if status == ExperimentStatus.RUNNING:
+        values["started_at"] = utcnow()
+    if status == ExperimentStatus.FAILED:
+        values["finished_at"] = utcnow()
+    session.execute(sa.update(Experiment).where(col(Experiment.id) == experiment_id).values(values))
+
+
+def existing_result_status(
+    *, session: Session, experiment_id: int, item_id: int, repeat: int
+) -> str | None:
+    """Status of the Result of (experiment, item, repeat), or None if there is none."""
+    return session.exec(
+        select(Result.status).where(
+            Result.experiment_id == experiment_id,
+            Result.item_id == item_id,
+            Result.repeat == repeat,
+        )
+    ).first()
+
+
+def _counter_delta(status: str) -> tuple[int, int]:
+    return (1, 0) if status == ResultStatus.OK else (0, 1)
+
+
+def upsert_result(*, session: Session, result_in: dict[str, Any]) -> tuple[int, str | None]:
+    """Insert or replace the Result on (experiment_id, item_id, repeat).
+
+    Returns (result id, previous status or None if the row is new). The caller
+    keeps the experiment's counters in step inside the same transaction.
+    """
+    now = utcnow()
+    values = {**result_in, "created_at": now, "updated_at": now}
+    inserted = session.execute(
+        _insert(session, Result)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=["experiment_id", "item_id", "repeat"])
+        .returning(Result.id)  # type: ignore[arg-type]
+    ).scalar_one_or_none()
+    if inserted is not None:
+        return inserted, None
+    key = (
+        (col(Result.experiment_id) == result_in["experiment_id"])
+        & (col(Result.item_id) == result_in["item_id"])
+        & (col(Result.repeat) == result_in["repeat"])
+    )
+    row = session.execute(
+        sa.select(Result.id, Result.status).where(key).with_for_update()  # type: ignore[call-overload]
+    ).one()
+    updates = {k: v for k, v in values.items() if k not in ("created_at",)}
+    session.execute(sa.update(Result).where(key).values(updates))
+    return row.id, row.status
+
+
+def upsert_scores(*, session: Session, scores_in: Iterable[dict[str, Any]]) -> None:
+    """Insert or replace Scores on (subject_type, subject_id, scorer, scorer_version)."""
+    rows = [{**s, "created_at": utcnow()} for s in scores_in]
+    if not rows:
+        return
+    stmt = _insert(session, Score)
+    update_cols = {
+        c: getattr(stmt.excluded, c)
+        for c in (
+            "value", "passed", "explanation", "error", "meta", "judge_model",
+            "judge_cost_usd", "judge_tokens", "judge_latency_ms", "experiment_id", "created_at",
+        )
+    }
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["subject_type", "subject_id", "scorer", "scorer_version"],
+            set_=update_cols,
+        ),
+        rows,
+    )
+
+
+def record_item_outcome(
+    *, session: Session, result_in: dict[str, Any], scores_in: Sequence[dict[str, Any]]
+) -> bool:
+    """Write one (item, repeat)'s Result and Scores, and finalize the experiment if it was
+    the last one. Idempotent. Returns True only for the call that finalized it."""
+    result_id, previous = upsert_result(session=session, result_in=result_in)
+    upsert_scores(
+        session=session,
+        scores_in=[
+            {**s, "subject_id": result_id, "experiment_id": result_in["experiment_id"]}
+            for s in scores_in
+        ],
+    )
+    d_done, d_failed = _counter_delta(result_in["status"])
+    if previous is not None:
+        old_done, old_failed = _counter_delta(previous)
+        d_done, d_failed = d_done - old_done, d_failed - old_failed
+    experiment_id = result_in["experiment_id"]
+    row = session.execute(
+        sa.update(Experiment)
+        .where(col(Experiment.id) == experiment_id)
+        .values(n_done=Experiment.n_done + d_done, n_failed=Experiment.n_failed + d_failed)
+        .returning(Experiment.n_done, Experiment.n_failed, Experiment.total_items,  # type: ignore[call-overload]
+                   Experiment.status)
+    ).one()
+    if row.n_done + row.n_failed < row.total_items:
+        return False
+    return finalize_experiment(session=session, experiment_id=experiment_id)
+
+
+def finalize_experiment(*, session: Session, experiment_id: int) -> bool:
+    """Store the experiment's totals and mark it completed. Returns True only when this
+    call moved it to COMPLETED (the totals are refreshed on every call)."""
+    totals = session.execute(
+        sa.select(
+            sa.func.coalesce(sa.func.sum(Result.cost_usd), 0.0),
+            sa.func.coalesce(sa.func.sum(Result.prompt_tokens), 0),
+            sa.func.coalesce(sa.func.sum(Result.completion_tokens), 0),
+        ).where(col(Result.experiment_id) == experiment_id)
+    ).one()
+    judge_cost = session.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(Score.judge_cost_usd), 0.0)).where(
+            col(Score.experiment_id) == experiment_id
+        )
+    ).scalar_one()
+    session.execute(
+        sa.update(Experiment)
+        .where(col(Experiment.id) == experiment_id)
+        .values(cost_usd=totals[0], prompt_tokens=totals[1], completion_tokens=totals[2],
+                judge_cost_usd=judge_cost)
+    )
+    moved = session.execute(
+        sa.update(Experiment)
+        .where(col(Experiment.id) == experiment_id,
+               col(Experiment.status) != ExperimentStatus.COMPLETED)
+        .values(status=ExperimentStatus.COMPLETED, finished_at=utcnow())
+    )
+    return moved.rowcount == 1  # type: ignore[attr-defined]
+
+
+# --- reading for reports --------------------------------------------------------------
+
+
+def result_rows(*, session: Session, experiment_id: int) -> list[Result]:
+    """Every Result of an experiment."""
+    return list(session.exec(select(Result).where(Result.experiment_id == experiment_id)).all())
+
+
+def score_rows(*, session: Session, experiment_id: int) -> list[Score]:
+    """Every Score of an experiment's Results."""
+    return list(session.exec(select(Score).where(Score.experiment_id == experiment_id)).all())
+
+
+def list_experiments(*, session: Session, limit: int = 50) -> list[Experiment]:
+    """The newest experiments first."""
+    return list(
+        session.exec(select(Experiment).order_by(col(Experiment.id).desc()).limit(limit)).all()
+    )

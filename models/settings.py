@@ -1,0 +1,93 @@
+"""One settings object for every layer: environment variables with the EVALQ_ prefix.
+
+Provider API keys are deliberately *not* settings: litellm reads them from the
+environment itself (OPENAI_API_KEY, ANTHROPIC_API_KEY, ...), so they never pass
+through task arguments, the database or logs.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite:///evalq.db"
+
+
+class Settings(BaseSettings):
+    """Runtime configuration, read from the environment (prefix EVALQ_) and `.env`."""
+
+    model_config = SettingsConfigDict(env_prefix="EVALQ_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL,
+        description="SQLAlchemy URL of the results database: sqlite:///path.db (embedded "
+        "default) or postgresql+psycopg://user@host/db (distributed).",
+    )
+    broker_url: str | None = Field(
+        None,
+        description="Celery broker (redis://host:6379/0). Unset: embedded mode, tasks run "
+        "in-process on a thread pool.",
+    )
+    default_model: str = Field(
+        "evalq/toy",
+        description="Model used when a run names none (a litellm model name). The default is "
+        "the built-in offline toy model, which needs no key and no network.",
+    )
+    concurrency: int = Field(
+        16, ge=1, le=1024, description="Embedded mode: items evaluated at once."
+    )
+    max_attempts: int = Field(
+        6, ge=1, le=50, description="Model call attempts per item (first try included)."
+    )
+    retry_initial_s: float = Field(
+        0.5, ge=0, description="First backoff of a retried model call, in seconds."
+    )
+    retry_max_s: float = Field(
+        30.0, ge=0, description="Longest single backoff (also caps a Retry-After header)."
+    )
+    request_timeout_s: float = Field(
+        60.0, gt=0, description="Timeout of one model HTTP request, in seconds."
+    )
+    visibility_timeout_s: int = Field(
+        3600,
+        ge=60,
+        description="Redis visibility timeout: an unacknowledged task is redelivered after it.",
+    )
+    poll_interval_s: float = Field(
+        0.5, gt=0, description="How often `wait_for_experiment` reads progress."
+    )
+    max_repeats: int = Field(100, ge=1, description="Upper bound for --repeats.")
+    max_line_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Longest accepted dataset line, in bytes."
+    )
+    datasets_dir: str | None = Field(
+        None,
+        description="Where `evalq run NAME` looks for NAME.jsonl (default: the shipped "
+        "datasets/ folder).",
+    )
+    log_level: str = Field(
+        "WARNING", description="Log level of the evalq CLI (workers take celery's --loglevel)."
+    )
+
+    @field_validator("broker_url")
+    @classmethod
+    def _empty_broker_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @property
+    def embedded(self) -> bool:
+        """True when no broker is configured: tasks run in this process."""
+        return self.broker_url is None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, created once."""
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (after the environment changed, e.g. in a CLI option)."""
+    get_settings.cache_clear()

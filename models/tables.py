@@ -1,0 +1,186 @@
+"""SQLModel tables: datasets, experiments, results and scores.
+
+Every row that a task writes has a natural unique key (see ARCHITECTURE.md), so a
+task that runs twice upserts instead of inserting a second row.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only clock the tables use."""
+    return datetime.now(UTC)
+
+
+def _json(nullable: bool = True) -> Any:
+    return Field(default=None, sa_type=JSONType, nullable=nullable)
+
+
+def _ts() -> Any:
+    return Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True), nullable=False)
+
+
+class ExperimentStatus(StrEnum):
+    """Lifecycle of an offline run."""
+
+    PENDING = "pending"  # created, tasks not sent yet
+    RUNNING = "running"  # tasks sent, results arriving
+    COMPLETED = "completed"  # every (item, repeat) has a Result
+    FAILED = "failed"  # could not be enqueued; see Experiment.error
+
+
+class ResultStatus(StrEnum):
+    """Outcome of one (item, repeat)."""
+
+    OK = "ok"  # the target produced an output
+    ERROR = "error"  # the target failed permanently; Result.error says why
+
+
+class SubjectType(StrEnum):
+    """What a Score is about."""
+
+    RESULT = "result"  # an offline Result
+    RUN = "run"  # an ingested production run (online evals)
+
+
+# --- datasets -------------------------------------------------------------------------
+
+
+# Fields shared by a dataset's stored row and its public view.
+class DatasetBase(SQLModel):
+    name: str = Field(index=True, max_length=200)
+    version: str = Field(max_length=64)  # content hash of the normalised items
+    source: str | None = Field(default=None, max_length=1000)
+    item_count: int = 0
+
+
+# A named, versioned set of test cases.
+class Dataset(DatasetBase, table=True):
+    __table_args__ = (sa.UniqueConstraint("name", "version", name="uq_dataset_name_version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = _ts()
+
+
+# One test case of a dataset.
+class DatasetItem(SQLModel, table=True):
+    __tablename__ = "dataset_item"
+    __table_args__ = (sa.UniqueConstraint("dataset_id", "key", name="uq_item_dataset_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    dataset_id: int = Field(foreign_key="dataset.id", index=True)
+    key: str = Field(max_length=200)  # the line's "id", or its line number
+    position: int  # 1-based line number in the source file
+    input: Any = _json(nullable=False)
+    expected: Any = _json()
+    meta: dict[str, Any] | None = _json()
+    assertions: list[dict[str, Any]] | None = _json()
+
+
+# --- experiments ----------------------------------------------------------------------
+
+
+# What a user asks for when starting an offline run.
+class ExperimentBase(SQLModel):
+    name: str = Field(max_length=200)
+    model: str = Field(max_length=200)
+    api_base: str | None = Field(default=None, max_length=1000)
+    prompt_template: str | None = None
+    model_params: dict[str, Any] | None = _json()
+    # Resolved scorer specs: [{"label", "type", "version", "params"}], replayable.
+    scorers: list[dict[str, Any]] | None = _json()
+    repeats: int = 1
+
+
+# One offline run: dataset version x target config x scorers x repeats.
+class Experiment(ExperimentBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    dataset_id: int = Field(foreign_key="dataset.id", index=True)
+    mode: str = Field(default="embedded", max_length=20)
+    status: str = Field(default=ExperimentStatus.PENDING, max_length=20, index=True)
+    total_items: int = 0  # items x repeats
+    n_done: int = 0  # Results with an output
+    n_failed: int = 0  # Results with a permanent error
+    cost_usd: float = 0.0  # target calls, set at finalization
+    judge_cost_usd: float = 0.0  # scorer (judge) calls, set at finalization
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+    created_at: datetime = _ts()
+    started_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+    finished_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+
+
+# One (item, repeat) of an experiment: what the target produced, or why it failed.
+class Result(SQLModel, table=True):
+    __table_args__ = (
+        sa.UniqueConstraint("experiment_id", "item_id", "repeat", name="uq_result_key"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    experiment_id: int = Field(foreign_key="experiment.id", index=True)
+    item_id: int = Field(foreign_key="dataset_item.id")
+    repeat: int = 0
+    status: str = Field(max_length=20)
+    output: str | None = None
+    tool_calls: list[dict[str, Any]] | None = _json()
+    error: str | None = None
+    error_type: str | None = Field(default=None, max_length=200)
+    latency_ms: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    cost_known: bool = True  # False when litellm has no price for the model
+    attempts: int = 0
+    response_model: str | None = Field(default=None, max_length=200)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+# One scorer's verdict on one subject (an offline Result or a production run).
+class Score(SQLModel, table=True):
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "subject_type", "subject_id", "scorer", "scorer_version", name="uq_score_key"
+        ),
+        sa.Index("ix_score_experiment_scorer", "experiment_id", "scorer"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    subject_type: str = Field(max_length=20)
+    subject_id: int
+    experiment_id: int | None = Field(default=None, foreign_key="experiment.id")
+    scorer: str = Field(max_length=200)  # the label: a name, or name + params hash
+    scorer_version: str = Field(max_length=40)
+    value: float | None = None  # in [0, 1]; None when the scorer could not score
+    passed: bool | None = None
+    explanation: str | None = None
+    error: str | None = None  # "could not score" (distinct from scoring 0)
+    meta: dict[str, Any] | None = _json()
+    judge_model: str | None = Field(default=None, max_length=200)
+    judge_cost_usd: float = 0.0
+    judge_tokens: int = 0
+    judge_latency_ms: float | None = None
+    created_at: datetime = _ts()
+
+
+# Read-only views handed to the CLI and the Python API.
+class ExperimentPublic(ExperimentBase):
+    id: int
+    dataset_id: int
+    status: str
+    total_items: int
+    n_done: int
+    n_failed: int
+    created_at: datetime
+    finished_at: datetime | None

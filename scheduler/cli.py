@@ -1,0 +1,309 @@
+"""The `evalq` command line: run datasets, watch progress, read reports."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from scheduler import render
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="evalq",
+    help="Offline and online evaluation of LLM systems on a distributed task queue.\n\n"
+    "Embedded mode (no EVALQ_BROKER_URL): runs in this process with a SQLite file. "
+    "Distributed mode: EVALQ_BROKER_URL=redis://... and EVALQ_DATABASE_URL=postgresql+psycopg://"
+    "..., with workers started by `celery -A workers worker`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema: migrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+def handle_errors(fn: F) -> F:
+    """Turn evalq's domain errors into a one-line message and an exit code (2: bad input)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from models.errors import StorageError
+        from scheduler.errors import SchedulerError
+        from workers.errors import WorkerError
+
+        try:
+            return fn(*args, **kwargs)
+        except SchedulerError as exc:
+            render.err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except WorkerError as exc:
+            render.err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except StorageError as exc:
+            render.err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _parse_scorer(text: str) -> str | dict[str, Any]:
+    from scheduler.errors import InputError
+
+    if text.lstrip().startswith("{"):
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"--scorer {text!r} is not valid JSON: {exc.msg}") from None
+        return spec  # type: ignore[no-any-return]
+    return text
+
+
+def _parse_params(pairs: list[str]) -> dict[str, Any]:
+    from scheduler.errors import InputError
+
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise InputError(f"--param {pair!r} must look like key=value (e.g. temperature=0)")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
+def _wait_and_report(experiment_id: int, total: int, *, as_json: bool,
+                     timeout: float | None) -> dict[str, Any]:
+    from scheduler.offline import wait_for_experiment
+
+    show_bar = not as_json and render.err.is_terminal or os.environ.get("EVALQ_PROGRESS") == "1"
+    with render.progress_bar(total, enabled=show_bar) as update:
+        return wait_for_experiment(experiment_id, timeout=timeout, on_progress=update)
+
+
+def _summary_json(report: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "experiment_id": report["experiment_id"], "status": report["status"],
+        "counts": report["counts"],
+        "scores": {k: v["mean"] for k, v in report["scorers"].items()},
+        "report": report,
+    }
+
+
+@app.command()
+@handle_errors
+def run(
+    dataset: Annotated[str, typer.Argument(help="A JSONL file, or the name of a shipped or "
+                                           "stored dataset (e.g. demo).")],
+    model: Annotated[str | None, typer.Option(help="litellm model name, e.g. openai/gpt-4o-mini "
+                                              "(default: EVALQ_DEFAULT_MODEL).")] = None,
+    scorer: Annotated[list[str] | None, typer.Option(
+        "--scorer", "-s", help="Scorer name, or JSON like '{\"type\": \"regex\", \"pattern\": "
+        "\"^\\\\d+$\"}'. Repeatable. Default: exact_match.")] = None,
+    prompt: Annotated[str | None, typer.Option(
+        help="Prompt template with {input} or the input object's fields, e.g. "
+        "'Answer briefly: {question}'.")] = None,
+    prompt_file: Annotated[Path | None, typer.Option(
+        help="Read the prompt template from this file.", exists=True, dir_okay=False)] = None,
+    repeats: Annotated[int, typer.Option(help="Run every item this many times.")] = 1,
+    name: Annotated[str | None, typer.Option(help="A name for the experiment.")] = None,
+    api_base: Annotated[str | None, typer.Option(
+        help="Base URL of an OpenAI-compatible server (use with an openai/ model).")] = None,
+    param: Annotated[list[str] | None, typer.Option(
+        "--param", "-p", help="Model parameter key=value (JSON values), e.g. temperature=0. "
+        "Repeatable. Never put keys here: litellm reads them from the environment.")] = None,
+    no_wait: Annotated[bool, typer.Option(
+        "--no-wait", help="Print the experiment id and return once tasks are enqueued.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="Stop waiting after this many "
+                                                  "seconds (the run goes on).")] = None,
+) -> None:
+    """Run a dataset against a model, score every output and print the report."""
+    from models.settings import get_settings
+    from scheduler.errors import InputError
+    from scheduler.offline import enqueue_offline_run, progress
+
+    if prompt and prompt_file:
+        raise InputError("give --prompt or --prompt-file, not both")
+    template = prompt_file.read_text(encoding="utf-8") if prompt_file else prompt
+    experiment_id = enqueue_offline_run(
+        dataset=dataset, model=model, scorers=[_parse_scorer(s) for s in scorer or ["exact_match"]],
+        prompt=template, repeats=repeats, model_params=_parse_params(param or []), name=name,
+        api_base=api_base,
+    )
+    embedded = get_settings().embedded
+    if no_wait and not embedded:
+        _emit_json({"experiment_id": experiment_id, "status": "running"}) if as_json else \
+            render.out.print(f"experiment {experiment_id} enqueued; follow it with "
+                             f"`evalq status {experiment_id}`")
+        return
+    if no_wait:
+        render.err.print("embedded mode (no EVALQ_BROKER_URL): running in this process "
+                         "before returning")
+    if not as_json:
+        render.err.print(f"experiment {experiment_id} started")
+    total = progress(experiment_id)["total"]
+    report = _wait_and_report(experiment_id, total, as_json=as_json, timeout=timeout)
+    if as_json:
+        _emit_json(_summary_json(report))
+    elif no_wait:
+        render.out.print(f"experiment {experiment_id} {report['status']}")
+    else:
+        render.print_report(report)
+
+
+@app.command()
+@handle_errors
+def status(
+    experiment_id: Annotated[int, typer.Argument(help="Experiment id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Progress of an experiment: status and done / failed / pending counts."""
+    from scheduler.offline import progress
+
+    state = progress(experiment_id)
+    if as_json:
+        _emit_json(state)
+        return
+    render.out.print(
+        f"experiment {experiment_id}: {state['status']} — {state['done']} done, "
+        f"{state['failed']} failed, {state['pending']} pending of {state['total']}"
+    )
+
+
+@app.command()
+@handle_errors
+def report(
+    experiment_id: Annotated[int, typer.Argument(help="Experiment id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Scores (mean, pass rate), counts, latency p50/p95, tokens and cost of an experiment."""
+    from scheduler.report import experiment_report
+
+    data = experiment_report(experiment_id)
+    _emit_json(data) if as_json else render.print_report(data)
+
+
+@app.command("list")
+@handle_errors
+def list_(
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+) -> None:
+    """The newest experiments of the database."""
+    from models.crud import list_experiments
+    from models.db import session_scope
+
+    with session_scope() as session:
+        rows = [
+            {"id": e.id, "name": e.name, "model": e.model, "status": e.status,
+             "done": e.n_done, "failed": e.n_failed, "total": e.total_items,
+             "created_at": e.created_at.isoformat()}
+            for e in list_experiments(session=session, limit=limit)
+        ]
+    _emit_json(rows) if as_json else render.print_experiments(rows)
+
+
+@app.command()
+@handle_errors
+def scorers(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
+) -> None:
+    """Every registered scorer with its version and parameters."""
+    import inspect
+
+    from workers.scorers import known_scorers
+
+    listing: dict[str, dict[str, Any]] = {
+        name: {"version": info.version, "description": info.description,
+               "params": {k: (None if v is inspect.Parameter.empty else v)
+                          for k, v in info.parameters().items()}}
+        for name, info in known_scorers().items()
+    }
+    if as_json:
+        _emit_json(listing)
+        return
+    for name, info in listing.items():
+        params = ", ".join(f"{k}={v!r}" for k, v in info["params"].items()) or "no parameters"
+        render.out.print(f"[bold]{name}[/bold] v{info['version']}: {info['description']}\n"
+                         f"    {params}")
+
+
+@app.command()
+@handle_errors
+def demo(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Run the shipped demo dataset on the built-in toy model: no key, no broker, no network."""
+    from models.settings import get_settings
+    from scheduler.offline import enqueue_offline_run, progress
+
+    settings = get_settings()
+    if not settings.embedded:
+        os.environ.pop("EVALQ_BROKER_URL", None)
+        settings.broker_url = None  # the demo always runs embedded
+    experiment_id = enqueue_offline_run(
+        dataset="demo", model="evalq/toy", scorers=["exact_match", "contains"],
+        prompt="{question}", name="demo",
+    )
+    report_data = _wait_and_report(experiment_id, progress(experiment_id)["total"],
+                                   as_json=as_json, timeout=None)
+    if as_json:
+        _emit_json(_summary_json(report_data))
+        return
+    render.print_report(report_data)
+    render.out.print(
+        f"\nNext: `evalq report {experiment_id} --json`, or run your own dataset: "
+        "`evalq run datasets/capitals.jsonl --model evalq/toy --prompt '{question}'`"
+    )
+
+
+@db_app.command("upgrade")
+@handle_errors
+def db_upgrade() -> None:
+    """Apply every pending migration to EVALQ_DATABASE_URL (safe to run again)."""
+    from models.db import safe_url
+    from models.migrate import upgrade
+    from models.settings import get_settings
+
+    before, after = upgrade()
+    url = safe_url(get_settings().database_url)
+    if before == after:
+        render.out.print(f"{url} is up to date (revision {after})")
+    else:
+        render.out.print(f"{url} upgraded from {before or 'empty'} to revision {after}")
+
+
+@db_app.command("current")
+@handle_errors
+def db_current() -> None:
+    """Show the revision the database is at and the one this evalq needs."""
+    from models.db import get_engine
+    from models.migrate import current_revision, head_revision
+
+    render.out.print(f"database: {current_revision(get_engine()) or 'empty'}, "
+                     f"code: {head_revision()}")
+
+
+def main() -> None:
+    """Console entry point."""
+    from models.settings import get_settings
+
+    logging.basicConfig(level=get_settings().log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app()

@@ -1,0 +1,243 @@
+"""Offline runs: enqueue a dataset against a target, wait for it in the database."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from models.crud import (
+    create_experiment,
+    dataset_item_ids,
+    get_experiment,
+    get_or_create_dataset,
+    latest_dataset,
+    mark_experiment,
+)
+from models.db import session_scope
+from models.migrate import ensure_migrated, upgrade
+from models.settings import get_settings
+from models.tables import DatasetItem, Experiment, ExperimentStatus
+from scheduler import embedded
+from scheduler.dataset_file import ParsedDataset, load_dataset_file
+from scheduler.errors import DatasetFormatError, EnqueueError, InputError, WaitTimeout
+from workers.errors import WorkerError
+
+log = logging.getLogger(__name__)
+_SECRET_WORDS = ("key", "token", "secret", "password", "authorization")
+DONE_STATUSES = {ExperimentStatus.COMPLETED.value, ExperimentStatus.FAILED.value}
+
+
+def shipped_datasets_dir() -> Path:
+    """Where `NAME` datasets are looked up: EVALQ_DATASETS_DIR or the repo's datasets/."""
+    configured = get_settings().datasets_dir
+    return Path(configured) if configured else Path(__file__).resolve().parent.parent / "datasets"
+
+
+def _resolve_dataset(dataset: str | Path) -> ParsedDataset | None:
+    """A parsed file for a path or a shipped NAME; None if it may name a stored dataset."""
+    settings = get_settings()
+    path = Path(dataset)
+    if path.is_file():
+        return load_dataset_file(path, max_line_bytes=settings.max_line_bytes)
+    shipped = shipped_datasets_dir() / f"{dataset}.jsonl"
+    if shipped.is_file():
+        return load_dataset_file(shipped, max_line_bytes=settings.max_line_bytes)
+    if path.suffix or "/" in str(dataset):
+        raise DatasetFormatError(str(dataset), None, "no such file")
+    return None
+
+
+def _check_params(model_params: dict[str, Any] | None) -> dict[str, Any]:
+    params = dict(model_params or {})
+    for key in params:
+        if any(word in key.lower() for word in _SECRET_WORDS):
+            raise InputError(
+                f"model parameter {key!r} looks like a secret: pass provider keys through the "
+                "environment (e.g. OPENAI_API_KEY) where litellm reads them; parameters are "
+                "stored with the experiment and shown in reports"
+            )
+    try:
+        json.dumps(params)
+    except TypeError as exc:
+        raise InputError(f"model parameters must be JSON values: {exc}") from None
+    return params
+
+
+def _validate_items(parsed: ParsedDataset, prompt: str | None, needs_expected: list[str]) -> None:
+    from workers.prompt import DEFAULT_TEMPLATE, check_template
+    from workers.scorers.registry import bind, normalise_spec
+
+    for item in parsed.items:
+        line = item["position"]
+        try:
+            check_template(prompt or DEFAULT_TEMPLATE, item["input"], item["meta"])
+            for spec in item["assertions"] or []:
+                name, params = normalise_spec(spec)
+                bind(name, params, f"assert:{name}")
+        except WorkerError as exc:
+            raise DatasetFormatError(parsed.source, line, str(exc)) from None
+        if needs_expected and item["expected"] is None:
+            raise DatasetFormatError(
+                parsed.source, line, f"\"expected\" is missing — scorer {needs_expected[0]} "
+                "compares the output to it (add it, or give the scorer a value)"
+            )
+
+
+def _prepare_database() -> None:
+    settings = get_settings()
+    if settings.embedded and settings.database_url.startswith("sqlite"):
+        upgrade()  # a local SQLite file is created and migrated on first use
+    else:
+        ensure_migrated()
+
+
+def _store(parsed: ParsedDataset | None, dataset: str | Path, experiment: Experiment
+           ) -> tuple[int, list[int]]:
+    with session_scope() as session:
+        if parsed is not None:
+            row, _ = get_or_create_dataset(
+                session=session, name=parsed.name, version=parsed.version,
+                source=parsed.source, items=parsed.items,
+            )
+        else:
+            found = latest_dataset(session=session, name=str(dataset))
+            if found is None:
+                raise DatasetFormatError(
+                    str(dataset), None, "no such file, no shipped dataset and no stored dataset "
+                    f"of that name (shipped: {', '.join(sorted(_shipped_names()))})"
+                )
+            row = found
+        assert row.id is not None
+        experiment.dataset_id = row.id
+        item_ids = dataset_item_ids(session=session, dataset_id=row.id)
+        experiment.total_items = len(item_ids) * experiment.repeats
+        experiment.name = experiment.name or f"{row.name}@{row.version[:8]}"
+        create_experiment(session=session, experiment_in=experiment)
+        assert experiment.id is not None
+        return experiment.id, item_ids
+
+
+def _shipped_names() -> list[str]:
+    return [p.stem for p in shipped_datasets_dir().glob("*.jsonl")]
+
+
+def _send(experiment_id: int, tasks: list[tuple[int, int]]) -> None:
+    from workers.celery_app import app, sync_broker_url
+
+    sync_broker_url()
+    try:
+        with app.producer_or_acquire() as producer:
+            for item_id, rep in tasks:
+                app.send_task("evalq.run_item", args=(experiment_id, item_id, rep),
+                              producer=producer)
+    except Exception as exc:  # noqa: BLE001 - kombu raises many connection error types
+        with session_scope() as session:
+            mark_experiment(session=session, experiment_id=experiment_id,
+                            status=ExperimentStatus.FAILED, error=f"enqueue failed: {exc}")
+        raise EnqueueError(
+            f"could not send experiment {experiment_id}'s tasks to the broker "
+            f"({type(exc).__name__}: {exc}); check EVALQ_BROKER_URL and that Redis is running"
+        ) from exc
+
+
+def enqueue_offline_run(
+    dataset: str | Path,
+    model: str | None = None,
+    scorers: Sequence[str | dict[str, Any]] = ("exact_match",),
+    prompt: str | None = None,
+    repeats: int = 1,
+    model_params: dict[str, Any] | None = None,
+    name: str | None = None,
+    api_base: str | None = None,
+) -> int:
+    """Validate everything, store the dataset and a new experiment, then enqueue one task
+    per (item, repeat). Returns the experiment id. Nothing is written if any input is bad.
+
+    Distributed mode (EVALQ_BROKER_URL set): tasks go to the broker for workers.
+    Embedded mode: they run on a thread pool in this process, in the background.
+    """
+    from workers.scorers import resolve_scorers
+
+    settings = get_settings()
+    if not 1 <= repeats <= settings.max_repeats:
+        raise InputError(f"repeats must be between 1 and {settings.max_repeats}, got {repeats}")
+    try:
+        resolved = resolve_scorers(list(scorers))
+    except WorkerError as exc:
+        raise InputError(str(exc)) from None
+    params = _check_params(model_params)
+    parsed = _resolve_dataset(dataset)
+    needs = [s.label for s in resolved if s.needs_expected]
+    if parsed is not None:
+        _validate_items(parsed, prompt, needs)
+    _prepare_database()
+    experiment = Experiment(
+        name=name or "", dataset_id=0, model=model or settings.default_model, api_base=api_base,
+        prompt_template=prompt, model_params=params, scorers=[s.spec() for s in resolved],
+        repeats=repeats, mode="embedded" if settings.embedded else "distributed",
+    )
+    experiment_id, item_ids = _store(parsed, dataset, experiment)
+    tasks = [(item_id, rep) for rep in range(repeats) for item_id in item_ids]
+    with session_scope() as session:
+        mark_experiment(session=session, experiment_id=experiment_id,
+                        status=ExperimentStatus.RUNNING)
+    if settings.embedded:
+        embedded.start(experiment_id, tasks, settings.concurrency)
+    else:
+        _send(experiment_id, tasks)
+    log.info("experiment %s: %d tasks %s", experiment_id, len(tasks),
+             "running in-process" if settings.embedded else "enqueued")
+    return experiment_id
+
+
+def progress(experiment_id: int) -> dict[str, Any]:
+    """Status and counts of an experiment, read from the database."""
+    with session_scope() as session:
+        exp = get_experiment(session=session, experiment_id=experiment_id)
+        return {"experiment_id": exp.id, "status": exp.status, "total": exp.total_items,
+                "done": exp.n_done, "failed": exp.n_failed,
+                "pending": max(0, exp.total_items - exp.n_done - exp.n_failed),
+                "error": exp.error}
+
+
+def wait_for_experiment(
+    experiment_id: int,
+    timeout: float | None = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Block until the experiment is completed or failed (read from the database, never
+    from Celery results) and return its report summary. Raises WaitTimeout."""
+    from scheduler.report import experiment_report
+
+    settings = get_settings()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        state = progress(experiment_id)
+        if on_progress is not None:
+            on_progress(state)
+        if state["status"] in DONE_STATUSES:
+            return experiment_report(experiment_id)
+        local = embedded.running_here(experiment_id)
+        if local is not None and local.done() and local.exception() is not None:
+            raise local.exception()  # type: ignore[misc]
+        if deadline is not None and time.monotonic() >= deadline:
+            raise WaitTimeout(
+                f"experiment {experiment_id} is still {state['status']} after {timeout} s "
+                f"({state['done'] + state['failed']}/{state['total']} done); it keeps running: "
+                f"check later with `evalq status {experiment_id}`"
+            )
+        time.sleep(settings.poll_interval_s)
+
+
+def dataset_items(experiment_id: int) -> dict[int, DatasetItem]:
+    """The test cases of an experiment's dataset, by item id."""
+    from sqlmodel import select
+
+    with session_scope() as session:
+        exp = get_experiment(session=session, experiment_id=experiment_id)
+        rows = session.exec(select(DatasetItem).where(DatasetItem.dataset_id == exp.dataset_id))
+        return {row.id: row for row in rows if row.id is not None}

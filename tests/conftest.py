@@ -1,0 +1,136 @@
+"""Shared fixtures: real Redis, real PostgreSQL, the fake model server, real workers.
+
+Services are the ones on this machine (127.0.0.1:6379 Redis, 127.0.0.1:5432
+PostgreSQL); a test that needs one that is down fails with a message saying how
+to start it. Nothing here mocks the broker, the database or our own code.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# A recognisable fake provider key: litellm's openai client needs one to call the fake server.
+os.environ.setdefault("OPENAI_API_KEY", "sk-evalq-test-not-a-real-key-0000")
+for _name in [n for n in os.environ if n.startswith("EVALQ_")]:
+    del os.environ[_name]  # tests choose their own settings
+
+from tests.fakellm import FakeLLM  # noqa: E402
+from tests.support import EnvPatch, WorkerProcess, redis_flush  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+REDIS_HOST, REDIS_PORT = os.environ.get("TEST_REDIS_HOST", "127.0.0.1"), 6379
+PG_ADMIN_URL = os.environ.get(
+    "TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A Redis database for the test session's broker (flushed first)."""
+    if not _port_open(REDIS_HOST, REDIS_PORT):
+        pytest.fail(
+            f"Redis is not reachable on {REDIS_HOST}:{REDIS_PORT}; start it with "
+            "`redis-server --daemonize yes --port 6379 --save '' --appendonly no`"
+        )
+    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/9"
+    redis_flush(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    import psycopg
+
+    if not _port_open("127.0.0.1", 5432):
+        pytest.fail(
+            "PostgreSQL is not reachable on 127.0.0.1:5432; start it with "
+            "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
+        )
+    name = f"evalq_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    yield f"{base}/{name}"
+    from models.db import dispose_engines
+
+    dispose_engines()
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def fake_llm_server() -> Iterator[FakeLLM]:
+    server = FakeLLM.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_llm(fake_llm_server: FakeLLM) -> FakeLLM:
+    """The fake OpenAI-compatible server, reset for this test."""
+    fake_llm_server.reset()
+    return fake_llm_server
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'evalq.db'}"
+
+
+@pytest.fixture
+def embedded_env(sqlite_url: str) -> Iterator[EnvPatch]:
+    """Embedded mode (no broker) on a fresh SQLite file, migrated."""
+    with EnvPatch(EVALQ_DATABASE_URL=sqlite_url, EVALQ_POLL_INTERVAL_S="0.05",
+                  EVALQ_RETRY_INITIAL_S="0.01", EVALQ_RETRY_MAX_S="0.2") as env:
+        from models.migrate import upgrade
+
+        upgrade()
+        yield env
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each store test runs on SQLite and on PostgreSQL, migrated, as the default DB."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    with EnvPatch(EVALQ_DATABASE_URL=url):
+        from models.migrate import upgrade
+
+        upgrade()
+        yield url
+
+
+@pytest.fixture(scope="module")
+def distributed(redis_url: str, pg_url: str) -> Iterator[WorkerProcess]:
+    """Distributed mode: settings point at Redis + PostgreSQL, and a real Celery worker
+    subprocess (threads pool) consumes the queue."""
+    from models.migrate import upgrade
+
+    env = {"EVALQ_BROKER_URL": redis_url, "EVALQ_DATABASE_URL": pg_url,
+           "EVALQ_POLL_INTERVAL_S": "0.1", "EVALQ_RETRY_INITIAL_S": "0.01",
+           "EVALQ_RETRY_MAX_S": "0.2"}
+    with EnvPatch(**env):
+        upgrade()
+        worker = WorkerProcess.start(env, name="dist")
+        try:
+            yield worker
+        finally:
+            worker.stop()

@@ -1,0 +1,153 @@
+"""Embedded mode end to end through the CLI and the Python API: real litellm HTTP calls
+to the fake server, a real SQLite file, the same task code on a thread pool."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlmodel import func, select
+from typer.testing import CliRunner
+
+from models.db import session_scope
+from models.tables import Dataset, Experiment, Result, Score
+from scheduler import enqueue_offline_run, wait_for_experiment
+from scheduler.cli import app
+from tests.factories import write_jsonl
+from tests.fakellm import FakeLLM
+
+runner = CliRunner()
+ROWS = [
+    {"id": "a", "input": "alpha", "expected": "ALPHA", "metadata": {"category": "x"}},
+    {"id": "b", "input": "bravo", "expected": "bravo!"},
+    {"id": "c", "input": "charlie", "expected": "delta"},
+    {"id": "d", "input": "echo", "expected": ["nope", "echo"]},
+]
+
+
+def _run(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _table_counts() -> tuple[int, int, int]:
+    with session_scope() as s:
+        return (s.exec(select(func.count()).select_from(Dataset)).one(),
+                s.exec(select(func.count()).select_from(Experiment)).one(),
+                s.exec(select(func.count()).select_from(Result)).one())
+
+
+def test_cli_run_scores_and_report_matches_database(embedded_env, fake_llm: FakeLLM,
+                                                    tmp_path: Path):
+    dataset = write_jsonl(tmp_path / "letters.jsonl", ROWS)
+    code, out, err = _run("run", str(dataset), "--model", "openai/fake",
+                          "--api-base", fake_llm.base_url, "--scorer", "exact_match",
+                          "--scorer", '{"type": "contains", "value": "a"}', "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    # The fake echoes: alpha==ALPHA (case-insensitive), echo matches the 2nd expected.
+    assert summary["status"] == "completed"
+    assert summary["counts"] == {"total": 4, "done": 4, "failed": 0, "pending": 0}
+    assert summary["scores"]["exact_match"] == pytest.approx(0.5)
+    assert summary["scores"]["contains"] == pytest.approx(0.75)  # alpha bravo charlie
+    assert fake_llm.stats()["total"] == 4
+
+    code, out, _ = _run("report", str(summary["experiment_id"]), "--json")
+    assert code == 0
+    report = json.loads(out)
+    exp_id = summary["experiment_id"]
+    with session_scope() as s:
+        results = s.exec(select(Result).where(Result.experiment_id == exp_id)).all()
+        em = s.exec(select(Score.value).where(Score.experiment_id == exp_id,
+                                              Score.scorer == "exact_match")).all()
+    assert report["counts"]["done"] == sum(r.status == "ok" for r in results)
+    assert report["scorers"]["exact_match"]["mean"] == pytest.approx(sum(em) / len(em))
+    assert report["scorers"]["exact_match"]["n_scored"] == len(em)
+    assert report["tokens"]["prompt"] == sum(r.prompt_tokens for r in results)
+    assert report["tokens"]["completion"] == sum(r.completion_tokens for r in results)
+    assert report["latency_ms"]["p50"] is not None
+    assert report["cost_usd"]["results_without_price"] == 4  # "openai/fake" has no price
+
+
+def test_cli_human_report_and_status(embedded_env, fake_llm: FakeLLM, tmp_path: Path):
+    dataset = write_jsonl(tmp_path / "d.jsonl", ROWS[:2])
+    code, out, err = _run("run", str(dataset), "--model", "openai/fake",
+                          "--api-base", fake_llm.base_url)
+    assert code == 0, err
+    assert "exact_match" in out and "2 done" in out
+    code, out, _ = _run("status", "1")
+    assert code == 0 and "completed" in out and "2 done" in out
+    code, out, _ = _run("list", "--json")
+    assert json.loads(out)[0]["status"] == "completed"
+
+
+def test_permanent_model_errors_are_recorded_not_crashing(embedded_env, fake_llm: FakeLLM,
+                                                           tmp_path: Path):
+    dataset = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    fake_llm.script([{"match": "bravo", "status": 400, "message": "bad input"},
+                     {"match": "charlie", "status": 429, "times": 2}])
+    code, out, err = _run("run", str(dataset), "--model", "openai/fake",
+                          "--api-base", fake_llm.base_url, "--json")
+    assert code == 0, err
+    report = json.loads(out)["report"]
+    assert report["status"] == "completed"
+    assert report["counts"]["done"] == 3 and report["counts"]["failed"] == 1
+    assert report["errors"] == {"BadRequestError": 1}
+    with session_scope() as s:
+        rows = {r.output or r.error_type: r.attempts for r in s.exec(select(Result)).all()}
+    assert rows["BadRequestError"] == 1  # never retried
+    assert rows["charlie"] == 3  # two 429s, then success
+
+
+def test_repeats_and_python_api(embedded_env, fake_llm: FakeLLM, tmp_path: Path):
+    dataset = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    exp_id = enqueue_offline_run(dataset=dataset, model="openai/fake", scorers=["exact_match"],
+                                 prompt="{input}", repeats=3, api_base=fake_llm.base_url,
+                                 model_params={"temperature": 0}, name="api")
+    summary = wait_for_experiment(exp_id, timeout=60)
+    assert summary["counts"]["total"] == 12 and summary["counts"]["done"] == 12
+    assert summary["name"] == "api"
+    assert fake_llm.stats()["total"] == 12
+    temps = [r["body"].get("temperature") for r in fake_llm.requests()]
+    assert temps == [0] * 12, temps
+
+
+def test_demo_runs_offline_with_non_trivial_scores(embedded_env):
+    code, out, err = _run("demo", "--json")
+    assert code == 0, err
+    scores = json.loads(out)["scores"]
+    assert set(scores) == {"exact_match", "contains"}
+    for value in scores.values():
+        assert 0.0 < value < 1.0
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ([ROWS[0], ROWS[1], '{"id": "x", "input": "tru'], ":3: invalid JSON"),
+    ([ROWS[0], {"id": "y", "expected": "z"}], ':2: "input" is missing'),
+    ([ROWS[0], {"input": "q"}], ':2: "expected" is missing'),
+])
+def test_malformed_dataset_exits_2_and_writes_nothing(embedded_env, tmp_path: Path, rows,
+                                                      message: str):
+    dataset = write_jsonl(tmp_path / "bad.jsonl", rows)
+    before = _table_counts()
+    code, _, err = _run("run", str(dataset), "--model", "openai/fake")
+    assert code == 2
+    assert f"{dataset}{message}" in err.replace("\n", "")
+    assert _table_counts() == before
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--scorer", "no_such_scorer"], "known scorers: contains, exact_match"),
+    (["--scorer", '{"type": "regex", "pattern": "("}'], "invalid regular expression"),
+    (["--param", "api_key=sk-123"], "looks like a secret"),
+    (["--prompt", "Q: {question}"], "uses {question}"),
+    (["--repeats", "100000"], "repeats must be between"),
+])
+def test_bad_options_exit_2_and_write_nothing(embedded_env, tmp_path: Path, args, message):
+    dataset = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    before = _table_counts()
+    code, _, err = _run("run", str(dataset), "--model", "openai/fake", *args)
+    assert code == 2, err
+    assert message in err.replace("\n", " ")
+    assert _table_counts() == before

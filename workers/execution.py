@@ -1,0 +1,196 @@
+"""Evaluating one (item, repeat): render, call the target, score, write.
+
+Plain functions, shared by the Celery task and by embedded mode, and tested
+without a broker. The write is idempotent; a second run of the same (item,
+repeat) is skipped unless forced.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from models.crud import existing_result_status, record_item_outcome
+from models.db import session_scope
+from models.settings import Settings, get_settings
+from models.tables import DatasetItem, Experiment, ResultStatus, SubjectType
+from workers import aio
+from workers.errors import ScorerError, WorkerError
+from workers.llm import ModelOutcome, call_model, redact
+from workers.prompt import render_messages
+from workers.scorers import ResolvedScorer, Sample, ScoreValue, rebind
+from workers.scorers.registry import bind, normalise_spec
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An experiment's immutable configuration, as a worker needs it."""
+
+    experiment_id: int
+    model: str
+    api_base: str | None
+    template: str | None
+    params: dict[str, Any]
+    scorers: tuple[ResolvedScorer, ...]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One test case."""
+
+    item_id: int
+    input: Any
+    expected: Any
+    metadata: dict[str, Any]
+    assertions: tuple[dict[str, Any], ...]
+
+
+# Keyed by (database URL, id): ids are only unique within one database.
+_plans: dict[tuple[str, int], Plan] = {}
+_cases: dict[tuple[str, int], Case] = {}
+_cache_lock = threading.Lock()
+_MAX_CACHED_CASES = 50_000
+
+
+def load_plan(experiment_id: int) -> Plan:
+    """The experiment's plan (cached: an experiment's configuration never changes)."""
+    key = (get_settings().database_url, experiment_id)
+    plan = _plans.get(key)
+    if plan is None:
+        with session_scope() as session:
+            exp = session.get(Experiment, experiment_id)
+            if exp is None:
+                raise WorkerError(f"experiment {experiment_id} does not exist in this database")
+            plan = Plan(
+                experiment_id, exp.model, exp.api_base, exp.prompt_template,
+                dict(exp.model_params or {}),
+                tuple(rebind(spec) for spec in exp.scorers or []),
+            )
+        with _cache_lock:
+            _plans[key] = plan
+    return plan
+
+
+def load_case(item_id: int) -> Case:
+    """The test case (cached: dataset items are immutable)."""
+    key = (get_settings().database_url, item_id)
+    case = _cases.get(key)
+    if case is None:
+        with session_scope() as session:
+            item = session.get(DatasetItem, item_id)
+            if item is None:
+                raise WorkerError(f"dataset item {item_id} does not exist in this database")
+            case = Case(item_id, item.input, item.expected, dict(item.meta or {}),
+                        tuple(item.assertions or ()))
+        with _cache_lock:
+            if len(_cases) >= _MAX_CACHED_CASES:
+                _cases.clear()
+            _cases[key] = case
+    return case
+
+
+def assertion_scorers(case: Case) -> list[ResolvedScorer]:
+    """The test case's own assertions, as scorers labelled assert:TYPE."""
+    scorers: list[ResolvedScorer] = []
+    seen: dict[str, int] = {}
+    for spec in case.assertions:
+        name, params = normalise_spec(spec)
+        seen[name] = seen.get(name, 0) + 1
+        label = f"assert:{name}" + (f"#{seen[name]}" if seen[name] > 1 else "")
+        scorers.append(bind(name, params, label))
+    return scorers
+
+
+def _score_row(scorer: ResolvedScorer, verdict: ScoreValue | None, error: str | None) -> dict:
+    row: dict[str, Any] = {
+        "subject_type": SubjectType.RESULT.value,
+        "scorer": scorer.label,
+        "scorer_version": scorer.version,
+        "value": None, "passed": None, "explanation": None, "error": error, "meta": None,
+        "judge_model": None, "judge_cost_usd": 0.0, "judge_tokens": 0,
+        "judge_latency_ms": None,
+    }
+    if verdict is not None:
+        row.update(
+            value=verdict.value, passed=verdict.passed, explanation=verdict.explanation,
+            meta=verdict.metadata, judge_model=verdict.judge_model,
+            judge_cost_usd=verdict.judge_cost_usd, judge_tokens=verdict.judge_tokens,
+            judge_latency_ms=verdict.judge_latency_ms,
+        )
+    return row
+
+
+async def run_scorer(scorer: ResolvedScorer, sample: Sample) -> dict[str, Any]:
+    """One Score row; a scorer that cannot score yields a row with `error`, not a 0."""
+    try:
+        verdict = scorer.fn(sample)
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+        if isinstance(verdict, bool | int | float):
+            verdict = ScoreValue(float(verdict))
+        if not isinstance(verdict, ScoreValue):
+            raise ScorerError(f"returned {type(verdict).__name__}, not a ScoreValue")
+        return _score_row(scorer, verdict, None)
+    except ScorerError as exc:
+        return _score_row(scorer, None, str(exc))
+    except Exception as exc:  # noqa: BLE001 - a broken scorer must not crash the item
+        return _score_row(scorer, None, redact(f"{type(exc).__name__}: {exc}")[:2000])
+
+
+async def evaluate(plan: Plan, case: Case, settings: Settings) -> tuple[ModelOutcome, list[dict]]:
+    """Call the target for one test case and score what it produced."""
+    try:
+        messages = render_messages(plan.template, case.input, case.metadata)
+    except WorkerError as exc:
+        return ModelOutcome(error=str(exc), error_type=type(exc).__name__), []
+    outcome = await call_model(
+        model=plan.model, messages=messages, settings=settings,
+        api_base=plan.api_base, params=plan.params,
+    )
+    if outcome.error is not None:
+        return outcome, []
+    sample = Sample(
+        input=case.input, expected=case.expected, output=outcome.output,
+        metadata=case.metadata, tool_calls=outcome.tool_calls,
+        latency_ms=outcome.latency_ms, cost_usd=outcome.cost_usd,
+    )
+    try:
+        scorers = [*plan.scorers, *assertion_scorers(case)]
+    except WorkerError as exc:
+        return ModelOutcome(error=f"invalid assertion: {exc}", error_type="AssertionConfig"), []
+    scores = [await run_scorer(s, sample) for s in scorers]
+    return outcome, scores
+
+
+def result_row(experiment_id: int, item_id: int, repeat: int, outcome: ModelOutcome) -> dict:
+    """The Result row for an outcome."""
+    return {
+        "experiment_id": experiment_id, "item_id": item_id, "repeat": repeat,
+        "status": ResultStatus.ERROR.value if outcome.error else ResultStatus.OK.value,
+        "output": outcome.output, "tool_calls": outcome.tool_calls,
+        "error": outcome.error, "error_type": outcome.error_type,
+        "latency_ms": outcome.latency_ms, "prompt_tokens": outcome.prompt_tokens,
+        "completion_tokens": outcome.completion_tokens, "cost_usd": outcome.cost_usd,
+        "cost_known": outcome.cost_known, "attempts": outcome.attempts,
+        "response_model": outcome.response_model,
+    }
+
+
+def execute_item(experiment_id: int, item_id: int, repeat: int, *, force: bool = False) -> str:
+    """Evaluate and store one (item, repeat). Returns its status, or "skipped" when a
+    Result already exists (a redelivered task) and `force` is not set."""
+    settings = get_settings()
+    if not force:
+        with session_scope() as session:
+            if existing_result_status(
+                session=session, experiment_id=experiment_id, item_id=item_id, repeat=repeat
+            ):
+                return "skipped"
+    plan, case = load_plan(experiment_id), load_case(item_id)
+    outcome, scores = aio.run(evaluate(plan, case, settings))
+    row = result_row(experiment_id, item_id, repeat, outcome)
+    with session_scope() as session:
+        record_item_outcome(session=session, result_in=row, scores_in=scores)
+    return str(row["status"])

@@ -1,0 +1,209 @@
+"""Model calls through litellm, with one tenacity retry policy.
+
+litellm's own retries are off; we retry only what may succeed next time (rate
+limits, timeouts, connection errors, 5xx), honour Retry-After, and fail fast on
+everything else (bad request, auth, not found, context window).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from models.settings import Settings
+
+log = logging.getLogger(__name__)
+_configured = False
+_SECRET_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD", "_KEY")
+
+
+def setup_litellm() -> Any:
+    """Import and configure litellm once per process; returns the module."""
+    global _configured
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    if not _configured:
+        from workers.toy_model import make_handler
+
+        litellm.suppress_debug_info = True
+        litellm.telemetry = False
+        litellm.drop_params = False
+        litellm.num_retries = 0
+        litellm.custom_provider_map = [{"provider": "evalq", "custom_handler": make_handler()}]
+        _configured = True
+    return litellm
+
+
+def redact(text: str) -> str:
+    """`text` with the values of secret-looking environment variables masked."""
+    for name, value in os.environ.items():
+        if len(value) >= 8 and name.upper().endswith(_SECRET_SUFFIXES) and value in text:
+            text = text.replace(value, "***")
+    return text
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """The one predicate deciding whether a failed model call is worth another try."""
+    litellm = setup_litellm()
+    never = (
+        litellm.ContextWindowExceededError,
+        litellm.BadRequestError,
+        litellm.AuthenticationError,
+        litellm.NotFoundError,
+        litellm.PermissionDeniedError,
+        litellm.UnprocessableEntityError,
+    )
+    if isinstance(exc, never):
+        return False
+    retryable = (
+        litellm.RateLimitError,
+        litellm.Timeout,
+        litellm.APIConnectionError,
+        litellm.InternalServerError,
+        litellm.ServiceUnavailableError,
+        litellm.BadGatewayError,
+    )
+    return isinstance(exc, retryable)
+
+
+def retry_after_seconds(exc: BaseException | None) -> float | None:
+    """The Retry-After an error's HTTP response asked for, in seconds, if any."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None) or getattr(exc, "litellm_response_headers", None)
+    if not headers:
+        return None
+    raw = headers.get("retry-after-ms")
+    if raw is not None:
+        try:
+            return max(0.0, float(raw) / 1000)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(raw)
+        return max(0.0, when.timestamp() - time.time()) if when else None
+
+
+def make_wait(settings: Settings) -> Callable[[RetryCallState], float]:
+    """Exponential backoff with jitter, or the server's Retry-After (capped)."""
+    backoff = wait_exponential_jitter(initial=settings.retry_initial_s, max=settings.retry_max_s)
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        asked = retry_after_seconds(exc)
+        if asked is not None:
+            return min(asked, settings.retry_max_s)
+        return float(backoff(state))
+
+    return wait
+
+
+def _log_before_sleep(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    sleep = state.next_action.sleep if state.next_action else 0.0
+    log.info("model call attempt %d failed (%s); retrying in %.2fs",
+             state.attempt_number, type(exc).__name__, sleep)
+
+
+def retry_policy(settings: Settings) -> AsyncRetrying:
+    """The tenacity policy every model call uses."""
+    return AsyncRetrying(
+        retry=retry_if_exception(is_retryable),
+        stop=stop_after_attempt(settings.max_attempts),
+        wait=make_wait(settings),
+        before_sleep=_log_before_sleep,
+        reraise=True,
+    )
+
+
+@dataclass
+class ModelOutcome:
+    """What one (item, repeat)'s model call produced, success or failure."""
+
+    output: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    error: str | None = None
+    error_type: str | None = None
+    latency_ms: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    cost_known: bool = True
+    attempts: int = 0
+    response_model: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _tool_calls(message: Any) -> list[dict[str, Any]] | None:
+    calls = getattr(message, "tool_calls", None)
+    if not calls:
+        return None
+    return [
+        {"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
+        for c in calls
+    ]
+
+
+def _cost(litellm: Any, response: Any, model: str) -> tuple[float, bool]:
+    if model.startswith("evalq/"):
+        return 0.0, True  # the built-in toy model is free
+    try:
+        return float(litellm.completion_cost(completion_response=response, model=model)), True
+    except Exception:  # noqa: BLE001 - litellm raises many types for an unknown price
+        return 0.0, False
+
+
+async def call_model(
+    *,
+    model: str,
+    messages: list[dict[str, Any]],
+    settings: Settings,
+    api_base: str | None = None,
+    params: dict[str, Any] | None = None,
+) -> ModelOutcome:
+    """Call the model with retries; never raises for a model error (it is recorded)."""
+    litellm = setup_litellm()
+    outcome = ModelOutcome()
+    kwargs: dict[str, Any] = {"timeout": settings.request_timeout_s, **(params or {})}
+    if api_base:
+        kwargs["api_base"] = api_base
+    try:
+        async for attempt in retry_policy(settings):
+            with attempt:
+                outcome.attempts = attempt.retry_state.attempt_number
+                started = time.perf_counter()
+                response = await litellm.acompletion(
+                    model=model, messages=messages, num_retries=0, **kwargs
+                )
+                outcome.latency_ms = (time.perf_counter() - started) * 1000
+    except Exception as exc:  # noqa: BLE001 - every model failure becomes a Result error
+        outcome.error = redact(str(exc))[:4000] or type(exc).__name__
+        outcome.error_type = type(exc).__name__
+        return outcome
+    message = response.choices[0].message
+    usage = getattr(response, "usage", None)
+    outcome.output = message.content
+    outcome.tool_calls = _tool_calls(message)
+    outcome.prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+    outcome.completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+    outcome.cost_usd, outcome.cost_known = _cost(litellm, response, model)
+    outcome.response_model = getattr(response, "model", None)
+    return outcome

@@ -1,0 +1,175 @@
+"""The scorer registry: named, versioned factories that return scoring callables.
+
+A scorer spec is a name (`"exact_match"`) or a dict (`{"type": "regex", "pattern":
+"^\\d+$"}`); `resolve_scorers` validates specs before anything is enqueued and
+records name + parameters + version, so a run can be replayed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from workers.errors import ScorerConfigError, UnknownScorer
+from workers.scorers.base import ScorerFn
+
+
+@dataclass(frozen=True)
+class ScorerInfo:
+    """A registered scorer factory."""
+
+    name: str
+    version: str
+    factory: Callable[..., ScorerFn]
+    description: str
+    reference_param: str | None = None  # falls back to the test case's expected when unset
+
+    def parameters(self) -> dict[str, Any]:
+        """Parameter name -> default (inspect.Parameter.empty if required)."""
+        return {
+            p.name: p.default
+            for p in inspect.signature(self.factory).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
+
+
+_REGISTRY: dict[str, ScorerInfo] = {}
+
+
+def register_scorer(
+    name: str,
+    *,
+    version: str = "1",
+    description: str | None = None,
+    reference_param: str | None = None,
+) -> Callable[[Callable[..., ScorerFn]], Callable[..., ScorerFn]]:
+    """Decorator: register a factory (keyword-only parameters) under `name`.
+
+    `reference_param` names the parameter that, when not given, is replaced by the
+    test case's "expected" (so such a scorer needs expected on every line)."""
+
+    def decorate(factory: Callable[..., ScorerFn]) -> Callable[..., ScorerFn]:
+        doc = description or (inspect.getdoc(factory) or "").split("\n")[0]
+        info = ScorerInfo(name, version, factory, doc, reference_param)
+        _REGISTRY[name] = info
+        setattr(factory, "__evalq_scorer__", info)  # noqa: B010  (found by module:attr specs)
+        return factory
+
+    return decorate
+
+
+def _load_builtins() -> None:
+    from workers.scorers import deterministic  # noqa: F401  (registers the built-ins)
+
+
+def known_scorers() -> dict[str, ScorerInfo]:
+    """Every registered scorer by name."""
+    _load_builtins()
+    return dict(sorted(_REGISTRY.items()))
+
+
+@dataclass(frozen=True)
+class ResolvedScorer:
+    """A scorer bound to its parameters, with the label its Scores are stored under."""
+
+    label: str
+    name: str
+    version: str
+    params: dict[str, Any]
+    fn: ScorerFn
+    reference_param: str | None = None
+
+    @property
+    def needs_expected(self) -> bool:
+        """True when this scorer compares to the test case's expected."""
+        return self.reference_param is not None and self.params.get(self.reference_param) is None
+
+    def spec(self) -> dict[str, Any]:
+        """The JSON form stored on the experiment."""
+        return {"label": self.label, "type": self.name, "version": self.version,
+                "params": self.params}
+
+
+def normalise_spec(spec: str | dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(name, params) of a spec given as a name or as {"type": name, **params}."""
+    if isinstance(spec, str):
+        return spec.strip(), {}
+    if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+        raise ScorerConfigError(
+            f"a scorer is a name or an object with a \"type\" field, got {spec!r}"
+        )
+    params = {k: v for k, v in spec.items() if k != "type"}
+    return spec["type"].strip(), params
+
+
+def _dotted(name: str) -> ScorerInfo:
+    module_name, _, attr = name.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError, TypeError) as exc:
+        raise UnknownScorer(
+            f"cannot import scorer {name!r} ({exc}); give it as package.module:function"
+        ) from exc
+    info = getattr(obj, "__evalq_scorer__", None)
+    if isinstance(info, ScorerInfo):
+        return info
+
+    def factory() -> ScorerFn:
+        return obj  # type: ignore[no-any-return]
+
+    return ScorerInfo(name, getattr(obj, "version", "1"), factory, inspect.getdoc(obj) or "")
+
+
+def lookup(name: str) -> ScorerInfo:
+    """The registered scorer called `name` (or a `module:attr` dotted path)."""
+    _load_builtins()
+    if ":" in name:
+        return _dotted(name)
+    info = _REGISTRY.get(name)
+    if info is None:
+        known = ", ".join(known_scorers())
+        raise UnknownScorer(
+            f"unknown scorer {name!r}; known scorers: {known} "
+            "(or give a custom one as module:function)"
+        )
+    return info
+
+
+def bind(name: str, params: dict[str, Any], label: str) -> ResolvedScorer:
+    """Validate `params` against the factory and build the scoring callable."""
+    info = lookup(name)
+    accepted = info.parameters()
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ScorerConfigError(
+            f"scorer {name!r} has no parameter {', '.join(unknown)}; "
+            f"its parameters are: {', '.join(accepted) or '(none)'}"
+        )
+    missing = [k for k, v in accepted.items() if v is inspect.Parameter.empty and k not in params]
+    if missing:
+        raise ScorerConfigError(f"scorer {name!r} needs parameter {', '.join(missing)}")
+    try:
+        fn = info.factory(**params)
+    except (TypeError, ValueError) as exc:
+        raise ScorerConfigError(f"scorer {name!r}: {exc}") from exc
+    return ResolvedScorer(label, info.name, info.version, params, fn, info.reference_param)
+
+
+def resolve_scorers(specs: list[str | dict[str, Any]]) -> list[ResolvedScorer]:
+    """Bind every spec; labels are the names, made unique with #2, #3... on repeats."""
+    resolved: list[ResolvedScorer] = []
+    seen: dict[str, int] = {}
+    for spec in specs:
+        name, params = normalise_spec(spec)
+        seen[name] = seen.get(name, 0) + 1
+        label = name if seen[name] == 1 else f"{name}#{seen[name]}"
+        resolved.append(bind(name, params, label))
+    return resolved
+
+
+def rebind(spec: dict[str, Any]) -> ResolvedScorer:
+    """A stored spec (from Experiment.scorers) bound again in a worker."""
+    return bind(spec["type"], spec.get("params") or {}, spec["label"])

@@ -1,0 +1,42 @@
+"""Celery tasks: thin wrappers that take ids and call plain functions.
+
+Arguments are ids only (Flower shows task arguments): never prompts, never keys.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Task
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from models.settings import get_settings
+from workers.celery_app import app
+from workers.execution import execute_item
+
+log = logging.getLogger(__name__)
+
+# The database may be briefly unreachable (restart, failover): worth another try.
+DB_TRANSIENT = (OperationalError, DBAPIError)
+
+
+def _countdown(retries: int) -> float:
+    # Stay well below the broker's visibility timeout, so a retry is never redelivered twice.
+    return float(min(2 ** retries, 30, get_settings().visibility_timeout_s / 4))
+
+
+@app.task(
+    name="evalq.run_item",
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=20,
+)
+def run_item(self: Task, experiment_id: int, item_id: int, repeat: int, force: bool = False) -> str:
+    """Evaluate one (dataset item, repeat) of an experiment and store Result + Scores."""
+    try:
+        return execute_item(experiment_id, item_id, repeat, force=force)
+    except DB_TRANSIENT as exc:
+        log.warning("database error on experiment %s item %s: %s; retrying",
+                    experiment_id, item_id, type(exc).__name__)
+        raise self.retry(exc=exc, countdown=_countdown(self.request.retries)) from exc
