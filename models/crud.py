@@ -259,3 +259,14 @@ def list_experiments(*, session: Session, limit: int = 50) -> list[Experiment]:
     return list(
         session.exec(select(Experiment).order_by(col(Experiment.id).desc()).limit(limit)).all()
     )
+
+
+def stored_items(*, session: Session, dataset_id: int) -> list[DatasetItem]:
+    """A dataset's items in file order."""
+    return list(
+        session.exec(
+            select(DatasetItem)
+            .where(DatasetItem.dataset_id == dataset_id)
+            .order_by(col(DatasetItem.position))
+        ).all()
+    )

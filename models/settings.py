@@ -58,6 +58,21 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(
         0.5, gt=0, description="How often `wait_for_experiment` reads progress."
     )
+    judge_model: str = Field(
+        "openai/gpt-4o-mini",
+        description="Default model of the LLM-judge scorers (a scorer's `model` parameter "
+        "overrides it).",
+    )
+    judge_api_base: str | None = Field(
+        None, description="Default base URL for judge and embedding calls (OpenAI-compatible)."
+    )
+    embedding_model: str = Field(
+        "openai/text-embedding-3-small",
+        description="Default model of the embedding_similarity scorer.",
+    )
+    target_timeout_s: float = Field(
+        600.0, gt=0, description="Longest a Python callable target may take on one test case."
+    )
     max_repeats: int = Field(100, ge=1, description="Upper bound for --repeats.")
     max_line_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, description="Longest accepted dataset line, in bytes."

@@ -85,6 +85,7 @@ class DatasetItem(SQLModel, table=True):
     expected: Any = _json()
     meta: dict[str, Any] | None = _json()
     assertions: list[dict[str, Any]] | None = _json()
+    tools: list[dict[str, Any]] | None = _json()  # tool schemas offered to a model target
 
 
 # --- experiments ----------------------------------------------------------------------
@@ -94,6 +95,8 @@ class DatasetItem(SQLModel, table=True):
 class ExperimentBase(SQLModel):
     name: str = Field(max_length=200)
     model: str = Field(max_length=200)
+    # A Python callable target ("package.module:function"); None: the model is the target.
+    target: str | None = Field(default=None, max_length=300)
     api_base: str | None = Field(default=None, max_length=1000)
     prompt_template: str | None = None
     model_params: dict[str, Any] | None = _json()
@@ -134,6 +137,8 @@ class Result(SQLModel, table=True):
     status: str = Field(max_length=20)
     output: str | None = None
     tool_calls: list[dict[str, Any]] | None = _json()
+    outcome: str | None = Field(default=None, max_length=50)  # an agent's final state
+    steps: list[Any] | None = _json()  # an agent's steps, as its target reported them
     error: str | None = None
     error_type: str | None = Field(default=None, max_length=200)
     latency_ms: float | None = None

@@ -114,7 +114,11 @@ def run(
                                               "(default: EVALQ_DEFAULT_MODEL).")] = None,
     scorer: Annotated[list[str] | None, typer.Option(
         "--scorer", "-s", help="Scorer name, or JSON like '{\"type\": \"regex\", \"pattern\": "
-        "\"^\\\\d+$\"}'. Repeatable. Default: exact_match.")] = None,
+        "\"^\\\\d+$\"}', or module:function. Repeatable. Default: exact_match when "
+        "every case has expected, else the cases' assertions only.")] = None,
+    target: Annotated[str | None, typer.Option(
+        help="Evaluate a Python callable (an agent, a pipeline) instead of a model: "
+        "package.module:function. It gets each case's input.")] = None,
     prompt: Annotated[str | None, typer.Option(
         help="Prompt template with {input} or the input object's fields, e.g. "
         "'Answer briefly: {question}'.")] = None,
@@ -142,9 +146,10 @@ def run(
         raise InputError("give --prompt or --prompt-file, not both")
     template = prompt_file.read_text(encoding="utf-8") if prompt_file else prompt
     experiment_id = enqueue_offline_run(
-        dataset=dataset, model=model, scorers=[_parse_scorer(s) for s in scorer or ["exact_match"]],
+        dataset=dataset, model=model,
+        scorers=[_parse_scorer(s) for s in scorer] if scorer else None,
         prompt=template, repeats=repeats, model_params=_parse_params(param or []), name=name,
-        api_base=api_base,
+        api_base=api_base, target=target,
     )
     embedded = get_settings().embedded
     if no_wait and not embedded:

@@ -15,7 +15,10 @@ from typing import IO, Any
 
 from scheduler.errors import DatasetFormatError
 
-FIELDS = ("id", "input", "expected", "metadata", "assertions")
+FIELDS = ("id", "input", "expected", "metadata", "assertions", "tools")
+# Portia Steel Thread test cases are accepted as they are (see _from_steel_thread).
+STEEL_THREAD_FIELDS = ("dataset", "testcase", "test_case_name", "run", "input_config",
+                       "assertions", "id")
 MAX_ID_CHARS = 200  # the width of DatasetItem.key
 
 
@@ -64,7 +67,35 @@ def _parse_line(raw: bytes, path: str, lineno: int) -> dict[str, Any] | None:
     return obj
 
 
+def _from_steel_thread(obj: dict[str, Any], path: str, lineno: int) -> dict[str, Any]:
+    """A Steel Thread test case ({"testcase", "input_config": {"value", ...}, "assertions"})
+    in our shape: input = the query, the rest kept as metadata."""
+    unknown = sorted(set(obj) - set(STEEL_THREAD_FIELDS))
+    if unknown:
+        raise DatasetFormatError(
+            path, lineno, f"unknown field \"{unknown[0]}\" in a Steel Thread test case "
+            f"(allowed: {', '.join(STEEL_THREAD_FIELDS)})"
+        )
+    config = obj["input_config"]
+    if not isinstance(config, dict) or not isinstance(config.get("value"), str):
+        raise DatasetFormatError(
+            path, lineno, "\"input_config\" must be an object with a string \"value\" "
+            "(the query)"
+        )
+    meta = {k: obj[k] for k in ("dataset", "test_case_name", "run") if obj.get(k) is not None}
+    meta.update({f"input_{k}" if k == "type" else k: v for k, v in config.items()
+                 if k != "value" and v is not None})
+    return {
+        "id": obj.get("testcase") or obj.get("test_case_name") or obj.get("id") or lineno,
+        "input": config["value"],
+        "metadata": meta,
+        "assertions": obj.get("assertions"),
+    }
+
+
 def _validate(obj: dict[str, Any], path: str, lineno: int) -> dict[str, Any]:
+    if "input_config" in obj:
+        obj = _from_steel_thread(obj, path, lineno)
     unknown = sorted(set(obj) - set(FIELDS))
     if unknown:
         raise DatasetFormatError(
@@ -94,6 +125,14 @@ def _validate(obj: dict[str, Any], path: str, lineno: int) -> dict[str, Any]:
                 raise DatasetFormatError(
                     path, lineno, f"assertions[{i}] must be an object with a \"type\" field"
                 )
+    tools = obj.get("tools")
+    if tools is not None and not (
+        isinstance(tools, list) and all(isinstance(t, dict) for t in tools)
+    ):
+        raise DatasetFormatError(
+            path, lineno, "\"tools\" must be a list of tool schemas (OpenAI format: "
+            "{\"type\": \"function\", \"function\": {\"name\", \"parameters\"}})"
+        )
     return {
         "key": str(key),
         "position": lineno,
@@ -101,6 +140,7 @@ def _validate(obj: dict[str, Any], path: str, lineno: int) -> dict[str, Any]:
         "expected": obj.get("expected"),
         "meta": metadata,
         "assertions": assertions,
+        "tools": tools,
     }
 
 
@@ -126,7 +166,8 @@ def _read_lines(stream: IO[bytes], path: str, max_line_bytes: int) -> list[tuple
 def version_of(items: list[dict[str, Any]]) -> str:
     """Content hash of the test cases: what makes two files the same dataset version."""
     canon = json.dumps(
-        [[i["key"], i["input"], i["expected"], i["meta"], i["assertions"]] for i in items],
+        [[i["key"], i["input"], i["expected"], i["meta"], i["assertions"], i["tools"]]
+         for i in items],
         sort_keys=True, ensure_ascii=False, separators=(",", ":"),
     )
     return hashlib.sha256(canon.encode()).hexdigest()[:16]

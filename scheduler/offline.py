@@ -16,6 +16,7 @@ from models.crud import (
     get_or_create_dataset,
     latest_dataset,
     mark_experiment,
+    stored_items,
 )
 from models.db import session_scope
 from models.migrate import ensure_migrated, upgrade
@@ -37,8 +38,8 @@ def shipped_datasets_dir() -> Path:
     return Path(configured) if configured else Path(__file__).resolve().parent.parent / "datasets"
 
 
-def _resolve_dataset(dataset: str | Path) -> ParsedDataset | None:
-    """A parsed file for a path or a shipped NAME; None if it may name a stored dataset."""
+def _resolve_dataset(dataset: str | Path) -> ParsedDataset:
+    """The test cases of a file path, a shipped dataset NAME, or a stored dataset NAME."""
     settings = get_settings()
     path = Path(dataset)
     if path.is_file():
@@ -48,7 +49,20 @@ def _resolve_dataset(dataset: str | Path) -> ParsedDataset | None:
         return load_dataset_file(shipped, max_line_bytes=settings.max_line_bytes)
     if path.suffix or "/" in str(dataset):
         raise DatasetFormatError(str(dataset), None, "no such file")
-    return None
+    _prepare_database()
+    with session_scope() as session:
+        found = latest_dataset(session=session, name=str(dataset))
+        if found is None or found.id is None:
+            raise DatasetFormatError(
+                str(dataset), None, "no such file, no shipped dataset and no stored dataset "
+                f"of that name (shipped: {', '.join(sorted(_shipped_names()))})"
+            )
+        items = [
+            {"key": i.key, "position": i.position, "input": i.input, "expected": i.expected,
+             "meta": i.meta, "assertions": i.assertions, "tools": i.tools}
+            for i in stored_items(session=session, dataset_id=found.id)
+        ]
+        return ParsedDataset(found.name, found.version, found.source or found.name, items)
 
 
 def _check_params(model_params: dict[str, Any] | None) -> dict[str, Any]:
@@ -67,15 +81,19 @@ def _check_params(model_params: dict[str, Any] | None) -> dict[str, Any]:
     return params
 
 
-def _validate_items(parsed: ParsedDataset, prompt: str | None, needs_expected: list[str]) -> None:
+def _validate_items(parsed: ParsedDataset, prompt: str | None, needs_expected: list[str],
+                    check_prompt: bool) -> None:
     from workers.prompt import DEFAULT_TEMPLATE, check_template
     from workers.scorers.registry import bind, normalise_spec
 
     for item in parsed.items:
         line = item["position"]
         try:
-            check_template(prompt or DEFAULT_TEMPLATE, item["input"], item["meta"])
+            if check_prompt:
+                check_template(prompt or DEFAULT_TEMPLATE, item["input"], item["meta"])
             for spec in item["assertions"] or []:
+                if spec.get("type") == "custom":
+                    continue  # key/values for custom scorers
                 name, params = normalise_spec(spec)
                 bind(name, params, f"assert:{name}")
         except WorkerError as exc:
@@ -95,22 +113,12 @@ def _prepare_database() -> None:
         ensure_migrated()
 
 
-def _store(parsed: ParsedDataset | None, dataset: str | Path, experiment: Experiment
-           ) -> tuple[int, list[int]]:
+def _store(parsed: ParsedDataset, experiment: Experiment) -> tuple[int, list[int]]:
     with session_scope() as session:
-        if parsed is not None:
-            row, _ = get_or_create_dataset(
-                session=session, name=parsed.name, version=parsed.version,
-                source=parsed.source, items=parsed.items,
-            )
-        else:
-            found = latest_dataset(session=session, name=str(dataset))
-            if found is None:
-                raise DatasetFormatError(
-                    str(dataset), None, "no such file, no shipped dataset and no stored dataset "
-                    f"of that name (shipped: {', '.join(sorted(_shipped_names()))})"
-                )
-            row = found
+        row, _ = get_or_create_dataset(
+            session=session, name=parsed.name, version=parsed.version,
+            source=parsed.source, items=parsed.items,
+        )
         assert row.id is not None
         experiment.dataset_id = row.id
         item_ids = dataset_item_ids(session=session, dataset_id=row.id)
@@ -144,43 +152,72 @@ def _send(experiment_id: int, tasks: list[tuple[int, int]]) -> None:
         ) from exc
 
 
+def _default_scorers(parsed: ParsedDataset) -> list[str | dict[str, Any]]:
+    """exact_match when every case has an expected answer; otherwise assertions only."""
+    if all(item["expected"] is not None for item in parsed.items):
+        return ["exact_match"]
+    if any(item["assertions"] for item in parsed.items):
+        return []
+    raise InputError(
+        f"{parsed.source}: nothing to score: give --scorer, or add \"expected\" or "
+        "\"assertions\" to the test cases"
+    )
+
+
+def _check_target(target: str | None, prompt: str | None) -> None:
+    from workers.targets import load_callable
+
+    if target is None:
+        return
+    if prompt is not None:
+        raise InputError("a prompt template applies to model targets only, not to --target")
+    try:
+        load_callable(target)
+    except WorkerError as exc:
+        raise InputError(str(exc)) from None
+
+
 def enqueue_offline_run(
     dataset: str | Path,
     model: str | None = None,
-    scorers: Sequence[str | dict[str, Any]] = ("exact_match",),
+    scorers: Sequence[str | dict[str, Any]] | None = None,
     prompt: str | None = None,
     repeats: int = 1,
     model_params: dict[str, Any] | None = None,
     name: str | None = None,
     api_base: str | None = None,
+    target: str | None = None,
 ) -> int:
     """Validate everything, store the dataset and a new experiment, then enqueue one task
     per (item, repeat). Returns the experiment id. Nothing is written if any input is bad.
 
+    `scorers` default: exact_match when every case has "expected", else the cases'
+    assertions only. `target` ("package.module:function") evaluates a Python callable
+    (an agent, a pipeline) instead of a model.
+
     Distributed mode (EVALQ_BROKER_URL set): tasks go to the broker for workers.
     Embedded mode: they run on a thread pool in this process, in the background.
     """
-    from workers.scorers import resolve_scorers
-
     settings = get_settings()
     if not 1 <= repeats <= settings.max_repeats:
         raise InputError(f"repeats must be between 1 and {settings.max_repeats}, got {repeats}")
-    try:
-        resolved = resolve_scorers(list(scorers))
-    except WorkerError as exc:
-        raise InputError(str(exc)) from None
     params = _check_params(model_params)
+    _check_target(target, prompt)
+    if scorers is not None:
+        resolved = _resolve(scorers)
     parsed = _resolve_dataset(dataset)
+    if scorers is None:
+        resolved = _resolve(_default_scorers(parsed))
     needs = [s.label for s in resolved if s.needs_expected]
-    if parsed is not None:
-        _validate_items(parsed, prompt, needs)
+    _validate_items(parsed, prompt, needs, check_prompt=target is None)
     _prepare_database()
     experiment = Experiment(
-        name=name or "", dataset_id=0, model=model or settings.default_model, api_base=api_base,
+        name=name or "", dataset_id=0, target=target,
+        model=target or model or settings.default_model, api_base=api_base,
         prompt_template=prompt, model_params=params, scorers=[s.spec() for s in resolved],
         repeats=repeats, mode="embedded" if settings.embedded else "distributed",
     )
-    experiment_id, item_ids = _store(parsed, dataset, experiment)
+    experiment_id, item_ids = _store(parsed, experiment)
     tasks = [(item_id, rep) for rep in range(repeats) for item_id in item_ids]
     with session_scope() as session:
         mark_experiment(session=session, experiment_id=experiment_id,
@@ -192,6 +229,15 @@ def enqueue_offline_run(
     log.info("experiment %s: %d tasks %s", experiment_id, len(tasks),
              "running in-process" if settings.embedded else "enqueued")
     return experiment_id
+
+
+def _resolve(specs: Sequence[str | dict[str, Any]]) -> list[Any]:
+    from workers.scorers import resolve_scorers
+
+    try:
+        return resolve_scorers(list(specs))
+    except WorkerError as exc:
+        raise InputError(str(exc)) from None
 
 
 def progress(experiment_id: int) -> dict[str, Any]:

@@ -22,10 +22,9 @@ for _name in [n for n in os.environ if n.startswith("EVALQ_")]:
     del os.environ[_name]  # tests choose their own settings
 
 from tests.fakellm import FakeLLM  # noqa: E402
-from tests.support import EnvPatch, WorkerProcess, redis_flush  # noqa: E402
+from tests.support import EnvPatch, RedisServer, WorkerProcess, redis_flush  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-REDIS_HOST, REDIS_PORT = os.environ.get("TEST_REDIS_HOST", "127.0.0.1"), 6379
 PG_ADMIN_URL = os.environ.get(
     "TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
@@ -40,16 +39,19 @@ def _port_open(host: str, port: int) -> bool:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    """A Redis database for the test session's broker (flushed first)."""
-    if not _port_open(REDIS_HOST, REDIS_PORT):
-        pytest.fail(
-            f"Redis is not reachable on {REDIS_HOST}:{REDIS_PORT}; start it with "
-            "`redis-server --daemonize yes --port 6379 --save '' --appendonly no`"
-        )
-    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/9"
-    redis_flush(url)
-    return url
+def redis_server() -> Iterator[RedisServer]:
+    """A Redis server of this test session's own, on a free port (so tests can stop and
+    restart it, and parallel runs never share queues)."""
+    server = RedisServer.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    """The broker URL of the session's Redis (flushed first)."""
+    redis_flush(redis_server.url)
+    return redis_server.url
 
 
 @pytest.fixture(scope="session")

@@ -19,3 +19,7 @@ class ScorerConfigError(WorkerError):
 
 class TemplateError(WorkerError):
     """The prompt template cannot be rendered for a test case (missing variable...)."""
+
+
+class TargetError(WorkerError):
+    """A callable target cannot be imported or returned something unusable."""

@@ -22,6 +22,7 @@ from workers.llm import ModelOutcome, call_model, redact
 from workers.prompt import render_messages
 from workers.scorers import ResolvedScorer, Sample, ScoreValue, rebind
 from workers.scorers.registry import bind, normalise_spec
+from workers.targets import call_target
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Plan:
 
     experiment_id: int
     model: str
+    target: str | None  # a Python callable target, or None for the model
     api_base: str | None
     template: str | None
     params: dict[str, Any]
@@ -41,10 +43,20 @@ class Case:
     """One test case."""
 
     item_id: int
+    key: str
     input: Any
     expected: Any
     metadata: dict[str, Any]
     assertions: tuple[dict[str, Any], ...]
+    tools: tuple[dict[str, Any], ...] | None
+
+    def custom(self) -> dict[str, Any]:
+        """Key/values of the case's `custom` assertions (handed to custom scorers)."""
+        merged: dict[str, Any] = {}
+        for spec in self.assertions:
+            if spec.get("type") == "custom" and isinstance(spec.get("value"), dict):
+                merged.update(spec["value"])
+        return merged
 
 
 # Keyed by (database URL, id): ids are only unique within one database.
@@ -64,7 +76,7 @@ def load_plan(experiment_id: int) -> Plan:
             if exp is None:
                 raise WorkerError(f"experiment {experiment_id} does not exist in this database")
             plan = Plan(
-                experiment_id, exp.model, exp.api_base, exp.prompt_template,
+                experiment_id, exp.model, exp.target, exp.api_base, exp.prompt_template,
                 dict(exp.model_params or {}),
                 tuple(rebind(spec) for spec in exp.scorers or []),
             )
@@ -82,8 +94,9 @@ def load_case(item_id: int) -> Case:
             item = session.get(DatasetItem, item_id)
             if item is None:
                 raise WorkerError(f"dataset item {item_id} does not exist in this database")
-            case = Case(item_id, item.input, item.expected, dict(item.meta or {}),
-                        tuple(item.assertions or ()))
+            case = Case(item_id, item.key, item.input, item.expected, dict(item.meta or {}),
+                        tuple(item.assertions or ()),
+                        tuple(item.tools) if item.tools else None)
         with _cache_lock:
             if len(_cases) >= _MAX_CACHED_CASES:
                 _cases.clear()
@@ -96,6 +109,8 @@ def assertion_scorers(case: Case) -> list[ResolvedScorer]:
     scorers: list[ResolvedScorer] = []
     seen: dict[str, int] = {}
     for spec in case.assertions:
+        if spec.get("type") == "custom":
+            continue  # data for custom scorers (Sample.custom), not a check of its own
         name, params = normalise_spec(spec)
         seen[name] = seen.get(name, 0) + 1
         label = f"assert:{name}" + (f"#{seen[name]}" if seen[name] > 1 else "")
@@ -139,22 +154,35 @@ async def run_scorer(scorer: ResolvedScorer, sample: Sample) -> dict[str, Any]:
         return _score_row(scorer, None, redact(f"{type(exc).__name__}: {exc}")[:2000])
 
 
-async def evaluate(plan: Plan, case: Case, settings: Settings) -> tuple[ModelOutcome, list[dict]]:
-    """Call the target for one test case and score what it produced."""
+async def run_target(plan: Plan, case: Case, settings: Settings) -> ModelOutcome:
+    """What the target produced for one test case (a model call, or a Python callable)."""
+    if plan.target is not None:
+        context = {"id": case.key, "input": case.input, "metadata": case.metadata,
+                   "tools": list(case.tools) if case.tools else None}
+        return await call_target(plan.target, case.input, context, settings)
     try:
         messages = render_messages(plan.template, case.input, case.metadata)
     except WorkerError as exc:
-        return ModelOutcome(error=str(exc), error_type=type(exc).__name__), []
-    outcome = await call_model(
+        return ModelOutcome(error=str(exc), error_type=type(exc).__name__)
+    params = dict(plan.params)
+    if case.tools:
+        params["tools"] = list(case.tools)
+    return await call_model(
         model=plan.model, messages=messages, settings=settings,
-        api_base=plan.api_base, params=plan.params,
+        api_base=plan.api_base, params=params,
     )
+
+
+async def evaluate(plan: Plan, case: Case, settings: Settings) -> tuple[ModelOutcome, list[dict]]:
+    """Call the target for one test case and score what it produced."""
+    outcome = await run_target(plan, case, settings)
     if outcome.error is not None:
         return outcome, []
     sample = Sample(
         input=case.input, expected=case.expected, output=outcome.output,
         metadata=case.metadata, tool_calls=outcome.tool_calls,
         latency_ms=outcome.latency_ms, cost_usd=outcome.cost_usd,
+        outcome=outcome.outcome, steps=outcome.steps, custom=case.custom(),
     )
     try:
         scorers = [*plan.scorers, *assertion_scorers(case)]
@@ -170,6 +198,7 @@ def result_row(experiment_id: int, item_id: int, repeat: int, outcome: ModelOutc
         "experiment_id": experiment_id, "item_id": item_id, "repeat": repeat,
         "status": ResultStatus.ERROR.value if outcome.error else ResultStatus.OK.value,
         "output": outcome.output, "tool_calls": outcome.tool_calls,
+        "outcome": outcome.outcome, "steps": outcome.steps,
         "error": outcome.error, "error_type": outcome.error_type,
         "latency_ms": outcome.latency_ms, "prompt_tokens": outcome.prompt_tokens,
         "completion_tokens": outcome.completion_tokens, "cost_usd": outcome.cost_usd,

@@ -8,6 +8,7 @@ everything else (bad request, auth, not found, context window).
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import os
 import time
@@ -149,7 +150,18 @@ class ModelOutcome:
     cost_known: bool = True
     attempts: int = 0
     response_model: str | None = None
+    outcome: str | None = None  # "COMPLETE" for a model that answered; an agent's own state
+    steps: list[Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _arguments(raw: Any) -> Any:
+    if isinstance(raw, str):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw  # kept as the model sent it
+    return raw
 
 
 def _tool_calls(message: Any) -> list[dict[str, Any]] | None:
@@ -157,7 +169,7 @@ def _tool_calls(message: Any) -> list[dict[str, Any]] | None:
     if not calls:
         return None
     return [
-        {"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
+        {"id": c.id, "name": c.function.name, "arguments": _arguments(c.function.arguments)}
         for c in calls
     ]
 
@@ -206,4 +218,5 @@ async def call_model(
     outcome.completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
     outcome.cost_usd, outcome.cost_known = _cost(litellm, response, model)
     outcome.response_model = getattr(response, "model", None)
+    outcome.outcome = "COMPLETE"
     return outcome

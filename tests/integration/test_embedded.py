@@ -131,7 +131,7 @@ def test_malformed_dataset_exits_2_and_writes_nothing(embedded_env, tmp_path: Pa
                                                       message: str):
     dataset = write_jsonl(tmp_path / "bad.jsonl", rows)
     before = _table_counts()
-    code, _, err = _run("run", str(dataset), "--model", "openai/fake")
+    code, _, err = _run("run", str(dataset), "--model", "openai/fake", "--scorer", "exact_match")
     assert code == 2
     assert f"{dataset}{message}" in err.replace("\n", "")
     assert _table_counts() == before
@@ -143,6 +143,8 @@ def test_malformed_dataset_exits_2_and_writes_nothing(embedded_env, tmp_path: Pa
     (["--param", "api_key=sk-123"], "looks like a secret"),
     (["--prompt", "Q: {question}"], "uses {question}"),
     (["--repeats", "100000"], "repeats must be between"),
+    (["--target", "no_such_module:run"], "cannot import target"),
+    (["--target", "tests.factories:make_items", "--prompt", "{input}"], "model targets only"),
 ])
 def test_bad_options_exit_2_and_write_nothing(embedded_env, tmp_path: Path, args, message):
     dataset = write_jsonl(tmp_path / "d.jsonl", ROWS)
@@ -151,3 +153,10 @@ def test_bad_options_exit_2_and_write_nothing(embedded_env, tmp_path: Path, args
     assert code == 2, err
     assert message in err.replace("\n", " ")
     assert _table_counts() == before
+
+
+def test_nothing_to_score_is_refused(embedded_env, tmp_path: Path):
+    dataset = write_jsonl(tmp_path / "d.jsonl", [{"input": "a"}, {"input": "b"}])
+    code, _, err = _run("run", str(dataset), "--model", "openai/fake")
+    assert code == 2
+    assert "nothing to score" in err

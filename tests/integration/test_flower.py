@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +19,9 @@ import pytest
 from scheduler import enqueue_offline_run, wait_for_experiment
 from tests.factories import write_jsonl
 from tests.fakellm import FakeLLM
-from tests.support import REPO, WorkerProcess
+from tests.support import REPO, WorkerProcess, free_port
 
 USER, PASSWORD = "evalq", "flower-test-pw"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _get(url: str, auth: bool = True) -> tuple[int, bytes]:
@@ -46,7 +39,7 @@ def _get(url: str, auth: bool = True) -> tuple[int, bytes]:
 
 @pytest.fixture(scope="module")
 def flower(distributed: WorkerProcess, redis_url: str) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"evalq-flower-{os.getpid()}.log"
     with log.open("wb") as handle:
         proc = subprocess.Popen(

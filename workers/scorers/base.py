@@ -15,9 +15,16 @@ class Sample:
     expected: Any
     output: str | None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Tool calls the target made: [{"name": str, "arguments": dict | str, "id": str}].
     tool_calls: list[dict[str, Any]] | None = None
     latency_ms: float | None = None
     cost_usd: float | None = None
+    # An agent's final state ("COMPLETE", "FAILED"...); "COMPLETE" for a model that answered.
+    outcome: str | None = None
+    # An agent's steps (plan steps or trace), as the target reported them.
+    steps: list[Any] | None = None
+    # Key/values of the test case's `custom` assertions, for custom scorers.
+    custom: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
