@@ -236,7 +236,8 @@ def scorers(
 
     listing: dict[str, dict[str, Any]] = {
         name: {"version": info.version, "description": info.description,
-               "params": {k: (None if v is inspect.Parameter.empty else v)
+               "params": {k: {"required": v is inspect.Parameter.empty,
+                              "default": None if v is inspect.Parameter.empty else v}
                           for k, v in info.parameters().items()}}
         for name, info in known_scorers().items()
     }
@@ -244,7 +245,10 @@ def scorers(
         _emit_json(listing)
         return
     for name, info in listing.items():
-        params = ", ".join(f"{k}={v!r}" for k, v in info["params"].items()) or "no parameters"
+        params = ", ".join(
+            f"{k} (required)" if p["required"] else f"{k}={p['default']!r}"
+            for k, p in info["params"].items()
+        ) or "no parameters"
         render.out.print(f"[bold]{name}[/bold] v{info['version']}: {info['description']}\n"
                          f"    {params}")
 
@@ -312,3 +316,7 @@ def main() -> None:
     logging.basicConfig(level=get_settings().log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -181,7 +181,8 @@ async def evaluate(plan: Plan, case: Case, settings: Settings) -> tuple[ModelOut
     sample = Sample(
         input=case.input, expected=case.expected, output=outcome.output,
         metadata=case.metadata, tool_calls=outcome.tool_calls,
-        latency_ms=outcome.latency_ms, cost_usd=outcome.cost_usd,
+        latency_ms=outcome.latency_ms,
+        cost_usd=outcome.cost_usd if outcome.cost_known else None,
         outcome=outcome.outcome, steps=outcome.steps, custom=case.custom(),
     )
     try:

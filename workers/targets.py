@@ -89,13 +89,20 @@ def outcome_from_return(value: Any) -> ModelOutcome:
     )
 
 
+def _accepts_case(fn: Callable[..., Any]) -> bool:
+    try:
+        return "case" in inspect.signature(fn).parameters
+    except (ValueError, TypeError):  # some builtins have no signature
+        return False
+
+
 async def call_target(path: str, case_input: Any, context: dict[str, Any],
                       settings: Settings) -> ModelOutcome:
     """Run a callable target once; its exception is recorded on the outcome, not raised."""
     started = time.perf_counter()
     try:
         fn = load_callable(path)
-        kwargs = {"case": context} if "case" in inspect.signature(fn).parameters else {}
+        kwargs = {"case": context} if _accepts_case(fn) else {}
         if inspect.iscoroutinefunction(fn):
             call = fn(case_input, **kwargs)
         else:

@@ -138,7 +138,7 @@ def test_malformed_dataset_exits_2_and_writes_nothing(embedded_env, tmp_path: Pa
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--scorer", "no_such_scorer"], "known scorers: contains, exact_match"),
+    (["--scorer", "no_such_scorer"], "known scorers: contains, contains_all"),
     (["--scorer", '{"type": "regex", "pattern": "("}'], "invalid regular expression"),
     (["--param", "api_key=sk-123"], "looks like a secret"),
     (["--prompt", "Q: {question}"], "uses {question}"),

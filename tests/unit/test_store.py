@@ -128,3 +128,13 @@ def test_sqlite_runs_in_wal_mode(tmp_path):
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
         with session_scope() as s:
             assert s.execute(sa.select(func.count(col(Experiment.id)))).scalar() == 0
+
+
+def test_migrations_match_the_table_definitions(db_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    with get_engine().connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    assert diff == [], f"tables and migrations differ: write a migration for {diff}"

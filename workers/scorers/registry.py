@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from workers.errors import ScorerConfigError, UnknownScorer
 from workers.scorers.base import ScorerFn
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ def register_scorer(
     test case's "expected" (so such a scorer needs expected on every line)."""
 
     def decorate(factory: Callable[..., ScorerFn]) -> Callable[..., ScorerFn]:
-        doc = description or (inspect.getdoc(factory) or "").split("\n")[0]
+        doc = description or " ".join((inspect.getdoc(factory) or "").split("\n\n")[0].split())
         info = ScorerInfo(name, version, factory, doc, reference_param)
         _REGISTRY[name] = info
         setattr(factory, "__evalq_scorer__", info)  # noqa: B010  (found by module:attr specs)
@@ -62,7 +65,43 @@ def register_scorer(
 
 
 def _load_builtins() -> None:
-    from workers.scorers import deterministic  # noqa: F401  (registers the built-ins)
+    # Importing these modules registers the built-in scorers.
+    from workers.scorers import (  # noqa: F401
+        agent,
+        deterministic,
+        judges,
+        semantic,
+        steel_thread,
+        structured,
+        text,
+    )
+
+    _load_entry_points()
+
+
+_entry_points_loaded = False
+
+
+def _load_entry_points() -> None:
+    """Scorers installed by other packages under the `evalq.scorers` entry point group:
+    a registered factory (its module's import registers it), or a plain scoring function
+    registered under the entry point's name."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="evalq.scorers"):
+        try:
+            obj = ep.load()
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break evalq
+            log.warning("cannot load scorer entry point %s: %s", ep.value, exc)
+            continue
+        if ep.name not in _REGISTRY and not isinstance(getattr(obj, "__evalq_scorer__", None),
+                                                       ScorerInfo):
+            _REGISTRY[ep.name] = ScorerInfo(ep.name, str(getattr(obj, "version", "1")),
+                                            lambda obj=obj: obj, inspect.getdoc(obj) or "")
 
 
 def known_scorers() -> dict[str, ScorerInfo]:

@@ -1,0 +1,196 @@
+"""Structured-output scorers: JSON Schema, one JSON field, and numeric answers."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from jsonschema.exceptions import SchemaError
+from jsonschema.validators import validator_for
+from referencing.exceptions import Unresolvable
+
+from workers.errors import ScorerError
+from workers.scorers.base import Sample, ScorerFn, ScoreValue
+from workers.scorers.deterministic import _output
+from workers.scorers.registry import register_scorer
+from workers.scorers.text import check_number
+
+MAX_LISTED_ERRORS = 3
+_MISSING = object()
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """Equality of JSON values: 1 == 1.0, but true != 1 and "1" != 1."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and bool(a == b)
+
+
+def _parse_json(sample: Sample, scorer: str) -> tuple[Any, str | None]:
+    """(parsed output, None) or (None, why it is not JSON)."""
+    try:
+        return json.loads(_output(sample, scorer)), None
+    except json.JSONDecodeError as exc:
+        return None, f"output is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+    except (ValueError, RecursionError) as exc:
+        return None, f"output is not usable JSON: {str(exc)[:120]}"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --- json_schema ------------------------------------------------------------------------------
+
+@register_scorer("json_schema", version="1")
+def json_schema(*, schema: dict[str, Any]) -> ScorerFn:
+    """Output is JSON that validates against a JSON Schema (draft from its $schema)."""
+    if not isinstance(schema, dict):
+        raise TypeError(f"schema must be a JSON Schema object, got {type(schema).__name__}")
+    cls = validator_for(schema)
+    try:
+        cls.check_schema(schema)
+    except SchemaError as exc:
+        raise ValueError(f"invalid JSON Schema at {exc.json_path}: {exc.message}") from None
+    validator = cls(schema)
+
+    def score(sample: Sample) -> ScoreValue:
+        data, problem = _parse_json(sample, "json_schema")
+        if problem is not None:
+            return ScoreValue(0.0, False, problem)
+        try:
+            errors = sorted(validator.iter_errors(data), key=lambda e: e.json_path)
+        except Unresolvable as exc:
+            raise ScorerError(f"json_schema: the schema has a $ref that cannot be resolved "
+                              f"({exc}); inline the referenced schema under $defs") from exc
+        if not errors:
+            return ScoreValue(1.0, True, "output matches the schema")
+        listed = "; ".join(f"{e.json_path}: {e.message[:160]}"
+                           for e in errors[:MAX_LISTED_ERRORS])
+        more = len(errors) - MAX_LISTED_ERRORS
+        return ScoreValue(0.0, False, f"{len(errors)} schema violation(s): {listed}"
+                          + (f" (and {more} more)" if more > 0 else ""),
+                          {"errors": [e.json_path for e in errors]})
+
+    return score
+
+
+# --- json_field -------------------------------------------------------------------------------
+
+_PATH = re.compile(r"(?:[^.\[\]]+|\[-?\d+\])(?:\.[^.\[\]]+|\[-?\d+\])*")
+_STEP = re.compile(r"\.?([^.\[\]]+)|\[(-?\d+)\]")
+
+
+def parse_path(path: str) -> list[str | int]:
+    """`a.b[0].c` -> ["a", "b", 0, "c"]; ValueError for anything else."""
+    if not isinstance(path, str) or not _PATH.fullmatch(path):
+        raise ValueError(f"path {path!r} is not like a.b[0].c or items[2] (keys joined by dots, "
+                         "list indexes in brackets)")
+    return [key if key else int(index) for key, index in _STEP.findall(path)]
+
+
+def _lookup(data: Any, steps: list[str | int]) -> tuple[Any, str]:
+    """(value at the path or _MISSING, the part of the path that was found)."""
+    found = ""
+    for step in steps:
+        if isinstance(step, int):
+            if not isinstance(data, list) or not -len(data) <= step < len(data):
+                return _MISSING, found
+            found += f"[{step}]"
+        else:
+            if not isinstance(data, dict) or step not in data:
+                return _MISSING, found
+            found += f".{step}" if found else step
+        data = data[step]
+    return data, found
+
+
+@register_scorer("json_field", version="1", reference_param="value")
+def json_field(*, path: str, value: Any = None) -> ScorerFn:
+    """The JSON output's field at `path` (a.b[0].c) equals `value` (default: expected)."""
+    steps = parse_path(path)
+
+    def score(sample: Sample) -> ScoreValue:
+        reference = value if value is not None else sample.expected
+        if reference is None:
+            raise ScorerError("json_field: the test case has no \"expected\" and the scorer "
+                              "got no value")
+        data, problem = _parse_json(sample, "json_field")
+        if problem is not None:
+            return ScoreValue(0.0, False, problem)
+        found, reached = _lookup(data, steps)
+        if found is _MISSING:
+            where = f" (found up to {reached!r})" if reached else ""
+            return ScoreValue(0.0, False, f"no field at path {path!r}{where}")
+        if json_equal(found, reference):
+            return ScoreValue(1.0, True, f"{path} = {_short(found)}")
+        return ScoreValue(0.0, False, f"{path} = {_short(found)}, expected {_short(reference)}",
+                          {"found": found})
+
+    return score
+
+
+# --- numeric ----------------------------------------------------------------------------------
+
+# A number: optional sign (not glued to a word, as in COVID-19), digits with optional thousands
+# separators, decimals and an exponent. Not part of a longer number on its left.
+_NUMBER = re.compile(
+    r"(?:(?<!\w)[-+])?(?<![\d.])(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+)
+
+
+def parse_number(text: str, *, anywhere: bool) -> float | None:
+    """The whole (stripped) text as a number, else with `anywhere` the first number in it."""
+    text = text.strip()
+    match = _NUMBER.fullmatch(text) or (_NUMBER.search(text) if anywhere else None)
+    return float(match.group(0).replace(",", "")) if match else None
+
+
+def _as_number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    return parse_number(value, anywhere=False) if isinstance(value, str) else None
+
+
+@register_scorer("numeric", version="1", reference_param="value")
+def numeric(*, value: Any = None, abs_tol: float | None = None,
+            rel_tol: float | None = None) -> ScorerFn:
+    """The number in the output is within tolerance of `value` (default: expected)."""
+    if value is not None and _as_number(value) is None:
+        raise ValueError(f"value must be a number or a numeric string, got {value!r}")
+    absolute = 1e-9 if abs_tol is None and rel_tol is None else 0.0
+    if abs_tol is not None:
+        absolute = check_number("abs_tol", abs_tol)
+    relative = 0.0 if rel_tol is None else check_number("rel_tol", rel_tol)
+    tolerance = " and ".join(f"{k} {v:g}" for k, v in (("abs_tol", absolute),
+                                                       ("rel_tol", relative)) if v)
+
+    def score(sample: Sample) -> ScoreValue:
+        reference = value if value is not None else sample.expected
+        if reference is None:
+            raise ScorerError("numeric: the test case has no \"expected\" and the scorer got "
+                              "no value")
+        want = _as_number(reference)
+        if want is None:
+            raise ScorerError(f"numeric: expected {_short(reference)} is not a number")
+        got = parse_number(_output(sample, "numeric"), anywhere=True)
+        if got is None:
+            return ScoreValue(0.0, False, f"no number in the output (expected {want:.15g})")
+        ok = math.isclose(got, want, rel_tol=relative, abs_tol=absolute)
+        return ScoreValue(1.0 if ok else 0.0, ok,
+                          f"output {got:.15g} vs expected {want:.15g}: "
+                          f"{'within' if ok else 'outside'} {tolerance or 'exact match'}",
+                          {"output_number": got, "expected_number": want})
+
+    return score
