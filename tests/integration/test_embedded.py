@@ -160,3 +160,19 @@ def test_nothing_to_score_is_refused(embedded_env, tmp_path: Path):
     code, _, err = _run("run", str(dataset), "--model", "openai/fake")
     assert code == 2
     assert "nothing to score" in err
+
+
+def test_multi_turn_messages_input_is_sent_as_is(embedded_env, fake_llm: FakeLLM,
+                                                 tmp_path: Path):
+    conversation = [{"role": "system", "content": "Be terse."},
+                    {"role": "user", "content": "Let's count."},
+                    {"role": "assistant", "content": "Sure."},
+                    {"role": "user", "content": "What comes after 41?"}]
+    dataset = write_jsonl(tmp_path / "chat.jsonl",
+                          [{"id": "c1", "input": conversation, "expected": "42"}])
+    fake_llm.configure(answers={"after 41": "42"})
+    exp_id = enqueue_offline_run(dataset=dataset, model="openai/fake",
+                                 api_base=fake_llm.base_url, scorers=["exact_match"])
+    summary = wait_for_experiment(exp_id, timeout=60)
+    assert summary["scorers"]["exact_match"]["mean"] == 1.0
+    assert fake_llm.requests()[0]["body"]["messages"] == conversation
