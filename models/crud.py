@@ -161,7 +161,8 @@ def upsert_result(*, session: Session, result_in: dict[str, Any]) -> tuple[int, 
 
 def upsert_scores(*, session: Session, scores_in: Iterable[dict[str, Any]]) -> None:
     """Insert or replace Scores on (subject_type, subject_id, scorer, scorer_version)."""
-    rows = [{**s, "created_at": utcnow()} for s in scores_in]
+    now = utcnow()
+    rows = [{"evaluator_id": 0, "subject_at": None, **s, "created_at": now} for s in scores_in]
     if not rows:
         return
     stmt = _insert(session, Score)
@@ -170,11 +171,13 @@ def upsert_scores(*, session: Session, scores_in: Iterable[dict[str, Any]]) -> N
         for c in (
             "value", "passed", "explanation", "error", "meta", "judge_model",
             "judge_cost_usd", "judge_tokens", "judge_latency_ms", "experiment_id", "created_at",
+            "subject_at",
         )
     }
     session.execute(
         stmt.on_conflict_do_update(
-            index_elements=["subject_type", "subject_id", "scorer", "scorer_version"],
+            index_elements=["subject_type", "subject_id", "evaluator_id", "scorer",
+                            "scorer_version"],
             set_=update_cols,
         ),
         rows,
@@ -270,3 +273,21 @@ def stored_items(*, session: Session, dataset_id: int) -> list[DatasetItem]:
             .order_by(col(DatasetItem.position))
         ).all()
     )
+
+
+def insert_runs(*, session: Session, rows_in: Sequence[dict[str, Any]]) -> int:
+    """Insert production runs, skipping (source, external_id) pairs already stored.
+    Returns how many were new."""
+    from models.tables import ProductionRun
+
+    if not rows_in:
+        return 0
+    now = utcnow()
+    rows = [{**r, "ingested_at": now} for r in rows_in]
+    inserted = session.execute(
+        _insert(session, ProductionRun)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["source", "external_id"])
+        .returning(ProductionRun.id)  # type: ignore[arg-type]
+    ).all()
+    return len(inserted)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///evalq.db"
@@ -73,6 +73,30 @@ class Settings(BaseSettings):
     target_timeout_s: float = Field(
         600.0, gt=0, description="Longest a Python callable target may take on one test case."
     )
+    ingest_token: SecretStr | None = Field(
+        None,
+        description="Bearer token that `evalq serve` requires on POST /runs (the server "
+        "refuses to start without one).",
+    )
+    ingest_max_bytes: int = Field(
+        5 * 1024 * 1024, ge=1024, description="Largest accepted POST /runs body, in bytes."
+    )
+    ingest_max_batch: int = Field(
+        1000, ge=1, description="Most runs accepted in one POST /runs."
+    )
+    tick_interval_s: float = Field(
+        5.0, gt=0, description="How often beat runs the online tick (each evaluator still "
+        "runs at its own --every)."
+    )
+    ingest_settle_s: float = Field(
+        2.0, ge=0, description="The online tick leaves runs ingested less than this long ago "
+        "for the next tick (so concurrent inserts cannot be skipped)."
+    )
+    claim_timeout_s: int = Field(
+        600, ge=10, description="A claimed online run not scored after this long is "
+        "claimed again (its worker crashed)."
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Timeout of one alert webhook POST.")
     max_repeats: int = Field(100, ge=1, description="Upper bound for --repeats.")
     max_line_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, description="Longest accepted dataset line, in bytes."

@@ -156,15 +156,21 @@ class Result(SQLModel, table=True):
 class Score(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint(
-            "subject_type", "subject_id", "scorer", "scorer_version", name="uq_score_key"
+            "subject_type", "subject_id", "evaluator_id", "scorer", "scorer_version",
+            name="uq_score_key",
         ),
         sa.Index("ix_score_experiment_scorer", "experiment_id", "scorer"),
+        sa.Index("ix_score_evaluator_subject_at", "evaluator_id", "subject_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
     subject_type: str = Field(max_length=20)
     subject_id: int
     experiment_id: int | None = Field(default=None, foreign_key="experiment.id")
+    # The online evaluator that scored a production run; 0 for offline scores.
+    evaluator_id: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # When the subject happened (the Result's or the run's time): online windows use it.
+    subject_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
     scorer: str = Field(max_length=200)  # the label: a name, or name + params hash
     scorer_version: str = Field(max_length=40)
     value: float | None = None  # in [0, 1]; None when the scorer could not score
@@ -189,3 +195,96 @@ class ExperimentPublic(ExperimentBase):
     n_failed: int
     created_at: datetime
     finished_at: datetime | None
+
+
+# --- online evals ---------------------------------------------------------------------
+
+
+class ClaimStatus(StrEnum):
+    """State of one (online evaluator, production run) pair."""
+
+    CLAIMED = "claimed"  # sampled and enqueued; a worker will score it
+    DONE = "done"  # scored (every scorer of the evaluator has a Score)
+
+
+# One ingested production run: an LLM call, or an agent's plan and plan run.
+class ProductionRun(SQLModel, table=True):
+    __tablename__ = "production_run"
+    __table_args__ = (
+        sa.UniqueConstraint("source", "external_id", name="uq_run_source_external_id"),
+        sa.Index("ix_production_run_created_at", "created_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(max_length=200)  # the producing service or app
+    external_id: str = Field(max_length=200)  # the producer's own run id
+    created_at: datetime = _ts()  # when the run happened (the producer's clock)
+    ingested_at: datetime = _ts()
+    input: Any = _json()
+    output: Any = _json()
+    plan: Any = _json()  # e.g. a Portia plan: {"steps": [{"task", "tool_id", ...}]}
+    steps: list[Any] | None = _json()  # what ran: plan run step outputs or a trace
+    tool_calls: list[dict[str, Any]] | None = _json()
+    status: str | None = Field(default=None, max_length=50)  # e.g. COMPLETE, FAILED
+    latency_ms: float | None = None
+    model: str | None = Field(default=None, max_length=200)
+    cost_usd: float | None = None
+    meta: dict[str, Any] | None = _json()  # user, tags, environment...
+
+
+# An online scoring rule ("stream"): which runs, how many, how often, with what scorers.
+class OnlineEvaluator(SQLModel, table=True):
+    __tablename__ = "online_evaluator"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200, sa_column_kwargs={"unique": True})
+    scorers: list[dict[str, Any]] | None = _json()  # resolved specs, like Experiment.scorers
+    sample_rate: float = 1.0
+    every_s: int = 60
+    batch_size: int = 200
+    filters: dict[str, Any] | None = _json()  # key=value on source, status, model, metadata
+    since: datetime = _ts()  # only runs created at or after this are scored
+    enabled: bool = True
+    watermark: int = 0  # highest ProductionRun.id already examined
+    next_due_at: datetime = _ts()
+    last_tick_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+    alert_threshold: float | None = None  # alert when a window's mean falls below it
+    alert_window_s: int = 3600
+    webhook_url: str | None = Field(default=None, max_length=1000)
+    created_at: datetime = _ts()
+
+
+# One sampled (evaluator, run) pair: claimed atomically, scored once.
+class OnlineClaim(SQLModel, table=True):
+    __tablename__ = "online_claim"
+    __table_args__ = (
+        sa.UniqueConstraint("evaluator_id", "run_id", name="uq_claim_evaluator_run"),
+        sa.Index("ix_online_claim_status_claimed_at", "status", "claimed_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    evaluator_id: int = Field(foreign_key="online_evaluator.id")
+    run_id: int = Field(foreign_key="production_run.id")
+    status: str = Field(default=ClaimStatus.CLAIMED, max_length=20)
+    claimed_at: datetime = _ts()
+    attempts: int = 1
+    done_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+
+
+# An alert that fired: at most one per (evaluator, scorer, window).
+class OnlineAlert(SQLModel, table=True):
+    __tablename__ = "online_alert"
+    __table_args__ = (
+        sa.UniqueConstraint("evaluator_id", "scorer", "window_start", name="uq_alert_window"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    evaluator_id: int = Field(foreign_key="online_evaluator.id")
+    scorer: str = Field(max_length=200)
+    window_start: datetime = Field(sa_type=sa.DateTime(timezone=True))
+    mean: float
+    threshold: float
+    n: int
+    delivered: bool = False  # the webhook answered 2xx
+    error: str | None = None
+    created_at: datetime = _ts()

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
 from scheduler import render
-
-F = TypeVar("F", bound=Callable[..., Any])
+from scheduler.cli_common import emit_json, handle_errors, parse_params, parse_scorer
+from scheduler.cli_online import online_app
 
 app = typer.Typer(
     name="evalq",
@@ -29,62 +25,7 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema: migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-
-
-def handle_errors(fn: F) -> F:
-    """Turn evalq's domain errors into a one-line message and an exit code (2: bad input)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from models.errors import StorageError
-        from scheduler.errors import SchedulerError
-        from workers.errors import WorkerError
-
-        try:
-            return fn(*args, **kwargs)
-        except SchedulerError as exc:
-            render.err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-        except WorkerError as exc:
-            render.err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except StorageError as exc:
-            render.err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, default=str) + "\n")
-    sys.stdout.flush()
-
-
-def _parse_scorer(text: str) -> str | dict[str, Any]:
-    from scheduler.errors import InputError
-
-    if text.lstrip().startswith("{"):
-        try:
-            spec = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"--scorer {text!r} is not valid JSON: {exc.msg}") from None
-        return spec  # type: ignore[no-any-return]
-    return text
-
-
-def _parse_params(pairs: list[str]) -> dict[str, Any]:
-    from scheduler.errors import InputError
-
-    params: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise InputError(f"--param {pair!r} must look like key=value (e.g. temperature=0)")
-        try:
-            params[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key] = raw
-    return params
+app.add_typer(online_app, name="online")
 
 
 def _wait_and_report(experiment_id: int, total: int, *, as_json: bool,
@@ -147,13 +88,13 @@ def run(
     template = prompt_file.read_text(encoding="utf-8") if prompt_file else prompt
     experiment_id = enqueue_offline_run(
         dataset=dataset, model=model,
-        scorers=[_parse_scorer(s) for s in scorer] if scorer else None,
-        prompt=template, repeats=repeats, model_params=_parse_params(param or []), name=name,
+        scorers=[parse_scorer(s) for s in scorer] if scorer else None,
+        prompt=template, repeats=repeats, model_params=parse_params(param or []), name=name,
         api_base=api_base, target=target,
     )
     embedded = get_settings().embedded
     if no_wait and not embedded:
-        _emit_json({"experiment_id": experiment_id, "status": "running"}) if as_json else \
+        emit_json({"experiment_id": experiment_id, "status": "running"}) if as_json else \
             render.out.print(f"experiment {experiment_id} enqueued; follow it with "
                              f"`evalq status {experiment_id}`")
         return
@@ -165,7 +106,7 @@ def run(
     total = progress(experiment_id)["total"]
     report = _wait_and_report(experiment_id, total, as_json=as_json, timeout=timeout)
     if as_json:
-        _emit_json(_summary_json(report))
+        emit_json(_summary_json(report))
     elif no_wait:
         render.out.print(f"experiment {experiment_id} {report['status']}")
     else:
@@ -183,7 +124,7 @@ def status(
 
     state = progress(experiment_id)
     if as_json:
-        _emit_json(state)
+        emit_json(state)
         return
     render.out.print(
         f"experiment {experiment_id}: {state['status']} — {state['done']} done, "
@@ -201,7 +142,7 @@ def report(
     from scheduler.report import experiment_report
 
     data = experiment_report(experiment_id)
-    _emit_json(data) if as_json else render.print_report(data)
+    emit_json(data) if as_json else render.print_report(data)
 
 
 @app.command("list")
@@ -221,7 +162,7 @@ def list_(
              "created_at": e.created_at.isoformat()}
             for e in list_experiments(session=session, limit=limit)
         ]
-    _emit_json(rows) if as_json else render.print_experiments(rows)
+    emit_json(rows) if as_json else render.print_experiments(rows)
 
 
 @app.command()
@@ -242,7 +183,7 @@ def scorers(
         for name, info in known_scorers().items()
     }
     if as_json:
-        _emit_json(listing)
+        emit_json(listing)
         return
     for name, info in listing.items():
         params = ", ".join(
@@ -273,13 +214,51 @@ def demo(
     report_data = _wait_and_report(experiment_id, progress(experiment_id)["total"],
                                    as_json=as_json, timeout=None)
     if as_json:
-        _emit_json(_summary_json(report_data))
+        emit_json(_summary_json(report_data))
         return
     render.print_report(report_data)
     render.out.print(
         f"\nNext: `evalq report {experiment_id} --json`, or run your own dataset: "
         "`evalq run datasets/capitals.jsonl --model evalq/toy --prompt '{question}'`"
     )
+
+
+@app.command()
+@handle_errors
+def ingest(
+    file: Annotated[Path, typer.Argument(help="JSONL file of production runs, one a line.",
+                                         exists=True, dir_okay=False)],
+    source: Annotated[str, typer.Option(help="Source name of these runs (a run's own "
+                                        "\"source\" wins).")] = "default",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Store production runs for online evals (idempotent on source + run id). Bad lines
+    are reported as FILE:LINE and skipped; good lines are kept. Exit 2 if any line was bad."""
+    from scheduler.runs import ingest_file
+
+    summary = ingest_file(file, source=source)
+    if as_json:
+        emit_json(summary.as_dict())
+    else:
+        for line in summary.errors[:50]:
+            render.err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+        render.out.print(f"{summary.inserted} runs stored, {summary.duplicates} already "
+                         f"stored, {summary.rejected} rejected")
+    if summary.rejected:
+        raise typer.Exit(2)
+
+
+@app.command()
+@handle_errors
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+) -> None:
+    """HTTP ingestion endpoint: POST /runs (one run, a list, or {"runs": [...]}) with
+    `Authorization: Bearer $EVALQ_INGEST_TOKEN`; GET /health."""
+    from scheduler.server import serve as run_server
+
+    run_server(host=host, port=port)
 
 
 @db_app.command("upgrade")

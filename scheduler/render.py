@@ -83,3 +83,31 @@ def progress_bar(total: int, enabled: bool) -> Iterator[Callable[[dict[str, Any]
             bar.update(task, completed=state["done"] + state["failed"], failed=state["failed"])
 
         yield update
+
+
+def _ci(s: dict[str, Any]) -> str:
+    if s.get("mean") is None:
+        return "—"
+    if s.get("low") is None:
+        return f"{s['mean']:.3f}"
+    return f"{s['mean']:.3f} [{s['low']:.3f}, {s['high']:.3f}]"
+
+
+def print_online_report(report: dict[str, Any]) -> None:
+    """The human form of `online_report`: one row per window and scorer."""
+    out.print(f"[bold]Online evaluator {report['evaluator']}[/bold]  windows of "
+              f"{report['window_s']} s from {str(report['since'])[:19]} to "
+              f"{str(report['until'])[:19]}")
+    for label, b in (report.get("baseline") or {}).items():
+        out.print(f"baseline {label}: {_ci(b)} (n={b.get('n')}, {b.get('source')})")
+    table = Table(title="Windows")
+    for column in ("window start", "scorer", "n", "mean [95% CI]", "pass rate", "drift"):
+        table.add_column(column)
+    for window in report["windows"]:
+        for label, s in window["scorers"].items():
+            drift = "[red]DRIFT[/red]" if s.get("drift") else ""
+            table.add_row(str(window["start"])[:19], label, str(s["n"]), _ci(s),
+                          _fmt(s.get("pass_rate")), drift)
+    out.print(table)
+    if not report["windows"]:
+        out.print("no scored runs in this period")

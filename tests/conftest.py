@@ -22,7 +22,13 @@ for _name in [n for n in os.environ if n.startswith("EVALQ_")]:
     del os.environ[_name]  # tests choose their own settings
 
 from tests.fakellm import FakeLLM  # noqa: E402
-from tests.support import EnvPatch, RedisServer, WorkerProcess, redis_flush  # noqa: E402
+from tests.support import (  # noqa: E402
+    EnvPatch,
+    RedisServer,
+    WorkerProcess,
+    redis_flush,
+    truncate_all,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get(
@@ -117,6 +123,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         from models.migrate import upgrade
 
         upgrade()
+        if request.param == "postgresql":
+            truncate_all(url)  # the session's database is shared by the tests
         yield url
 
 

@@ -46,6 +46,20 @@ def _reload() -> None:
     dispose_engines()
 
 
+def truncate_all(url: str) -> None:
+    """Empty every evalq table of a PostgreSQL test database (ids restart at 1)."""
+    import sqlalchemy as sa
+    from sqlmodel import SQLModel
+
+    import models.tables  # noqa: F401
+
+    names = ", ".join(f'"{t.name}"' for t in SQLModel.metadata.sorted_tables)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+    engine.dispose()
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as s:
@@ -108,6 +122,7 @@ class WorkerProcess:
               timeout: float = 60) -> WorkerProcess:
         log = Path(os.environ.get("TMPDIR", "/tmp")) / f"evalq-worker-{name}-{os.getpid()}.log"
         cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "threads",
+               "--queues", "evalq.offline,evalq.online,evalq.control",
                "--concurrency", str(concurrency), "--events", "--loglevel", "INFO",
                "--hostname", f"{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle",
                *(extra or [])]

@@ -28,6 +28,17 @@ def create_app() -> Celery:
         task_default_queue=Queue.OFFLINE.value,
         task_routes={
             "evalq.run_item": {"queue": Queue.OFFLINE.value},
+            "evalq.score_run": {"queue": Queue.ONLINE.value},
+            "evalq.online_tick": {"queue": Queue.CONTROL.value},
+        },
+        # The one periodic entry: the tick reads each evaluator's schedule from the
+        # database, so adding an evaluator needs no restart. It expires before the next.
+        beat_schedule={
+            "evalq-online-tick": {
+                "task": "evalq.online_tick",
+                "schedule": settings.tick_interval_s,
+                "options": {"expires": max(1.0, settings.tick_interval_s * 0.9)},
+            },
         },
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -25,6 +25,33 @@ def _countdown(retries: int) -> float:
     return float(min(2 ** retries, 30, get_settings().visibility_timeout_s / 4))
 
 
+@app.task(name="evalq.online_tick", bind=True, acks_late=True, reject_on_worker_lost=True,
+          max_retries=3)
+def online_tick(self: Task) -> int:
+    """Claim the next sampled batch of every due online evaluator; enqueue their scoring."""
+    from workers.online import tick
+
+    def enqueue(claim_id: int) -> None:
+        app.send_task("evalq.score_run", args=(claim_id,))
+
+    try:
+        return sum(len(c.claim_ids) for c in tick(enqueue=enqueue))
+    except DB_TRANSIENT as exc:
+        raise self.retry(exc=exc, countdown=_countdown(self.request.retries)) from exc
+
+
+@app.task(name="evalq.score_run", bind=True, acks_late=True, reject_on_worker_lost=True,
+          max_retries=20)
+def score_run(self: Task, claim_id: int) -> str:
+    """Score one claimed production run with its online evaluator's scorers."""
+    from workers.online import score_claim
+
+    try:
+        return score_claim(claim_id)
+    except DB_TRANSIENT as exc:
+        raise self.retry(exc=exc, countdown=_countdown(self.request.retries)) from exc
+
+
 @app.task(
     name="evalq.run_item",
     bind=True,

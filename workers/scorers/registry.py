@@ -70,6 +70,7 @@ def _load_builtins() -> None:
         agent,
         deterministic,
         judges,
+        online_judges,
         semantic,
         steel_thread,
         structured,

@@ -1,0 +1,71 @@
+"""Helpers shared by the CLI's command modules: error handling and option parsing."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from scheduler import render
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(fn: F) -> F:
+    """Turn evalq's domain errors into a one-line message and an exit code (2: bad input)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from models.errors import StorageError
+        from scheduler.errors import SchedulerError
+        from workers.errors import WorkerError
+
+        try:
+            return fn(*args, **kwargs)
+        except SchedulerError as exc:
+            render.err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except WorkerError as exc:
+            render.err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except StorageError as exc:
+            render.err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def parse_scorer(text: str) -> str | dict[str, Any]:
+    from scheduler.errors import InputError
+
+    if text.lstrip().startswith("{"):
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"--scorer {text!r} is not valid JSON: {exc.msg}") from None
+        return spec  # type: ignore[no-any-return]
+    return text
+
+
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    from scheduler.errors import InputError
+
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise InputError(f"--param {pair!r} must look like key=value (e.g. temperature=0)")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
