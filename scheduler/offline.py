@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -105,12 +106,25 @@ def _validate_items(parsed: ParsedDataset, prompt: str | None, needs_expected: l
             )
 
 
+_prepared: set[str] = set()
+_prepare_lock = threading.Lock()
+
+
 def _prepare_database() -> None:
+    """Migrate a local SQLite file on first use (embedded mode); elsewhere, check that the
+    database is migrated. Done once per database per process."""
     settings = get_settings()
-    if settings.embedded and settings.database_url.startswith("sqlite"):
-        upgrade()  # a local SQLite file is created and migrated on first use
-    else:
-        ensure_migrated()
+    url = settings.database_url
+    if url in _prepared:
+        return
+    with _prepare_lock:
+        if url in _prepared:
+            return
+        if settings.embedded and url.startswith("sqlite"):
+            upgrade()  # a local SQLite file is created and migrated on first use
+        else:
+            ensure_migrated()
+        _prepared.add(url)
 
 
 def _store(parsed: ParsedDataset, experiment: Experiment) -> tuple[int, list[int]]:

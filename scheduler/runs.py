@@ -24,12 +24,12 @@ _CHUNK = 500
 class RunIn(BaseModel):
     """One production run as a producer sends it."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     id: str = Field(validation_alias=AliasChoices("id", "external_id", "run_id"),
                     min_length=1, max_length=200,
                     description="The producer's own run id (unique per source).")
-    source: str | None = Field(None, max_length=200)
+    source: str | None = Field(None, min_length=1, max_length=200)
     created_at: datetime | None = None
     input: Any = None
     output: Any = None
@@ -51,9 +51,11 @@ class RunIn(BaseModel):
     @field_validator("created_at")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             return value.replace(tzinfo=UTC)  # naive times are taken as UTC
-        return value
+        return value.astimezone(UTC)  # stored in UTC (SQLite keeps no offset)
 
 
 def _portia_steps(plan: dict[str, Any], plan_run: dict[str, Any] | None) -> list[dict]:
@@ -72,7 +74,25 @@ def _portia_steps(plan: dict[str, Any], plan_run: dict[str, Any] | None) -> list
 
 
 def to_row(run: RunIn, default_source: str) -> dict[str, Any]:
-    """The ProductionRun fields of a run, with Portia plans and plan runs unpacked."""
+    """The ProductionRun fields of a run, with Portia plans and plan runs unpacked.
+    Raises InputError when a plan or plan run is not in Portia's shape, or a value is not
+    representable in JSON (NaN, infinity)."""
+    try:
+        row = _unpack(run, default_source)
+    except (AttributeError, TypeError, KeyError) as exc:
+        raise InputError(
+            f"invalid run: plan/plan_run are not in Portia's shape ({type(exc).__name__}: "
+            f"{exc}); send plan {{\"steps\": [...]}} and plan_run {{\"state\", \"outputs\"}}"
+        ) from None
+    try:
+        json.dumps([row[k] for k in ("input", "output", "plan", "steps", "tool_calls",
+                                     "meta")], allow_nan=False)
+    except ValueError:
+        raise InputError("invalid run: NaN or infinity is not valid JSON") from None
+    return row
+
+
+def _unpack(run: RunIn, default_source: str) -> dict[str, Any]:
     plan, plan_run = run.plan or {}, run.plan_run or {}
     final = ((plan_run.get("outputs") or {}).get("final_output")) or {}
     steps = run.steps if run.steps is not None else (_portia_steps(plan, plan_run) or None)
