@@ -60,6 +60,8 @@ def _round(value: float | None) -> float | None:
 
 def _summary(m: Moments) -> dict[str, Any]:
     mean, low, high = mean_ci_from_sums(m.n, m.total, m.total_sq)
+    if low is not None and high is not None:  # scores live in [0, 1]
+        low, high = max(0.0, low), min(1.0, high)
     return {"n": m.n, "n_unscored": m.n_unscored, "mean": mean, "low": low, "high": high,
             "pass_rate": m.n_passed / m.n if m.n else None,
             "variance": variance_from_sums(m.n, m.total, m.total_sq)}
