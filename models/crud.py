@@ -217,6 +217,18 @@ def record_item_outcome(
 def finalize_experiment(*, session: Session, experiment_id: int) -> bool:
     """Store the experiment's totals and mark it completed. Returns True only when this
     call moved it to COMPLETED (the totals are refreshed on every call)."""
+    store_totals(session=session, experiment_id=experiment_id)
+    moved = session.execute(
+        sa.update(Experiment)
+        .where(col(Experiment.id) == experiment_id,
+               col(Experiment.status) != ExperimentStatus.COMPLETED)
+        .values(status=ExperimentStatus.COMPLETED, finished_at=utcnow())
+    )
+    return moved.rowcount == 1  # type: ignore[attr-defined]
+
+
+def store_totals(*, session: Session, experiment_id: int) -> None:
+    """Recompute the experiment's cost and token totals from its Results and Scores."""
     totals = session.execute(
         sa.select(
             sa.func.coalesce(sa.func.sum(Result.cost_usd), 0.0),
@@ -235,13 +247,6 @@ def finalize_experiment(*, session: Session, experiment_id: int) -> bool:
         .values(cost_usd=totals[0], prompt_tokens=totals[1], completion_tokens=totals[2],
                 judge_cost_usd=judge_cost)
     )
-    moved = session.execute(
-        sa.update(Experiment)
-        .where(col(Experiment.id) == experiment_id,
-               col(Experiment.status) != ExperimentStatus.COMPLETED)
-        .values(status=ExperimentStatus.COMPLETED, finished_at=utcnow())
-    )
-    return moved.rowcount == 1  # type: ignore[attr-defined]
 
 
 # --- reading for reports --------------------------------------------------------------
@@ -291,3 +296,48 @@ def insert_runs(*, session: Session, rows_in: Sequence[dict[str, Any]]) -> int:
         .returning(ProductionRun.id)  # type: ignore[arg-type]
     ).all()
     return len(inserted)
+
+
+def reset_failed_results(*, session: Session, experiment_id: int) -> list[tuple[int, int]]:
+    """Delete an experiment's failed Results (with their Scores) so they can run again;
+    the experiment goes back to RUNNING. Returns the (item_id, repeat) pairs removed."""
+    failed = session.execute(
+        sa.select(col(Result.id), col(Result.item_id), col(Result.repeat))
+        .where(col(Result.experiment_id) == experiment_id,
+               col(Result.status) == ResultStatus.ERROR)
+        .with_for_update()
+    ).all()
+    if not failed:
+        return []
+    ids = [r[0] for r in failed]
+    session.execute(sa.delete(Score).where(col(Score.subject_type) == "result",
+                                           col(Score.subject_id).in_(ids)))
+    session.execute(sa.delete(Result).where(col(Result.id).in_(ids)))
+    session.execute(
+        sa.update(Experiment).where(col(Experiment.id) == experiment_id)
+        .values(n_failed=Experiment.n_failed - len(ids), status=ExperimentStatus.RUNNING,
+                finished_at=None, error=None)
+    )
+    return [(r[1], r[2]) for r in failed]
+
+
+def missing_results(*, session: Session, experiment_id: int) -> list[tuple[int, int]]:
+    """(item_id, repeat) pairs of an experiment that have no Result yet."""
+    exp = get_experiment(session=session, experiment_id=experiment_id)
+    items = dataset_item_ids(session=session, dataset_id=exp.dataset_id)
+    have = set(session.execute(
+        sa.select(col(Result.item_id), col(Result.repeat))
+        .where(col(Result.experiment_id) == experiment_id)).all())
+    return [(i, r) for r in range(exp.repeats) for i in items if (i, r) not in have]
+
+
+def add_scorer_specs(*, session: Session, experiment_id: int, specs: list[dict[str, Any]]
+                     ) -> int:
+    """Append scorer specs to an experiment and bump its config version (returned)."""
+    exp = session.execute(sa.select(Experiment).where(col(Experiment.id) == experiment_id)
+                          .with_for_update()).scalar_one()
+    exp.scorers = [*(exp.scorers or []), *specs]
+    exp.config_version += 1
+    session.add(exp)
+    session.flush()
+    return exp.config_version

@@ -97,6 +97,13 @@ class Settings(BaseSettings):
         "claimed again (its worker crashed)."
     )
     webhook_timeout_s: float = Field(10.0, gt=0, description="Timeout of one alert webhook POST.")
+    cache_url: str | None = Field(
+        None, description="Redis URL of the response cache (default: the broker; embedded "
+        "mode uses the database)."
+    )
+    cache_ttl_s: int = Field(
+        7 * 86400, ge=60, description="How long a cached model response is kept (Redis)."
+    )
     max_repeats: int = Field(100, ge=1, description="Upper bound for --repeats.")
     max_line_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, description="Longest accepted dataset line, in bytes."

@@ -119,6 +119,12 @@ class Experiment(ExperimentBase, table=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    # Bumped when scorers are added (rescore): workers reload a cached plan that is older.
+    config_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # Response cache: "auto" (on for temperature-0 calls), "on", or "off".
+    cache_mode: str = Field(default="auto", max_length=10,
+                            sa_column_kwargs={"server_default": "auto"})
+    max_cost_usd: float | None = None  # budget: no new model call once spent cost reaches it
     created_at: datetime = _ts()
     started_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
     finished_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
@@ -148,6 +154,7 @@ class Result(SQLModel, table=True):
     cost_known: bool = True  # False when litellm has no price for the model
     attempts: int = 0
     response_model: str | None = Field(default=None, max_length=200)
+    cached: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
 
@@ -287,4 +294,14 @@ class OnlineAlert(SQLModel, table=True):
     n: int
     delivered: bool = False  # the webhook answered 2xx
     error: str | None = None
+    created_at: datetime = _ts()
+
+
+# A stored model response, reused by calls with the same model, messages, parameters and
+# repeat index (embedded mode; distributed mode keeps the cache in Redis).
+class ResponseCache(SQLModel, table=True):
+    __tablename__ = "response_cache"
+
+    key: str = Field(primary_key=True, max_length=64)  # sha256 of the request
+    value: dict[str, Any] | None = _json()
     created_at: datetime = _ts()

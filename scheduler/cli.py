@@ -11,6 +11,8 @@ import typer
 
 from scheduler import render
 from scheduler.cli_common import emit_json, handle_errors, parse_params, parse_scorer
+from scheduler.cli_experiments import register as register_experiment_commands
+from scheduler.cli_experiments import run_gate
 from scheduler.cli_online import online_app
 
 app = typer.Typer(
@@ -77,8 +79,23 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     timeout: Annotated[float | None, typer.Option(help="Stop waiting after this many "
                                                   "seconds (the run goes on).")] = None,
+    cache: Annotated[bool | None, typer.Option(
+        "--cache/--no-cache", help="Reuse stored model responses (same model, messages, "
+        "parameters, repeat). Default: on for temperature-0 calls only.")] = None,
+    fail_under: Annotated[list[str] | None, typer.Option(
+        "--fail-under", help="CI gate: exit 1 unless SCORER's mean >= VALUE, e.g. "
+        "exact_match=0.9. Repeatable.")] = None,
+    baseline: Annotated[int | None, typer.Option(
+        help="Compare with this experiment (paired bootstrap) after the run.")] = None,
+    fail_on_regression: Annotated[bool, typer.Option(
+        "--fail-on-regression", help="CI gate: exit 1 if any scorer regressed significantly "
+        "against --baseline.")] = False,
+    junit: Annotated[Path | None, typer.Option(
+        help="Write a JUnit XML report (one testcase per item x scorer).")] = None,
 ) -> None:
-    """Run a dataset against a model, score every output and print the report."""
+    """Run a dataset against a model, score every output and print the report.
+
+    Exit codes: 0 done (and the gate holds), 1 the gate failed, 2 bad input."""
     from models.settings import get_settings
     from scheduler.errors import InputError
     from scheduler.offline import enqueue_offline_run, progress
@@ -91,6 +108,7 @@ def run(
         scorers=[parse_scorer(s) for s in scorer] if scorer else None,
         prompt=template, repeats=repeats, model_params=parse_params(param or []), name=name,
         api_base=api_base, target=target,
+        cache="auto" if cache is None else ("on" if cache else "off"),
     )
     embedded = get_settings().embedded
     if no_wait and not embedded:
@@ -105,12 +123,22 @@ def run(
         render.err.print(f"experiment {experiment_id} started")
     total = progress(experiment_id)["total"]
     report = _wait_and_report(experiment_id, total, as_json=as_json, timeout=timeout)
+    gate = run_gate(report, fail_under=fail_under or [], baseline=baseline,
+                    fail_on_regression=fail_on_regression, junit=junit)
     if as_json:
-        emit_json(_summary_json(report))
+        out = _summary_json(report)
+        if gate is not None:
+            out["gate"] = {"ok": gate.ok, "reasons": gate.reasons, "line": gate.line}
+        emit_json(out)
     elif no_wait:
         render.out.print(f"experiment {experiment_id} {report['status']}")
     else:
         render.print_report(report)
+    if gate is not None:
+        if not as_json:
+            render.out.print(gate.line, highlight=False)
+        if not gate.ok:
+            raise typer.Exit(1)
 
 
 @app.command()
@@ -130,19 +158,6 @@ def status(
         f"experiment {experiment_id}: {state['status']} — {state['done']} done, "
         f"{state['failed']} failed, {state['pending']} pending of {state['total']}"
     )
-
-
-@app.command()
-@handle_errors
-def report(
-    experiment_id: Annotated[int, typer.Argument(help="Experiment id.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-) -> None:
-    """Scores (mean, pass rate), counts, latency p50/p95, tokens and cost of an experiment."""
-    from scheduler.report import experiment_report
-
-    data = experiment_report(experiment_id)
-    emit_json(data) if as_json else render.print_report(data)
 
 
 @app.command("list")
@@ -286,6 +301,9 @@ def db_current() -> None:
 
     render.out.print(f"database: {current_revision(get_engine()) or 'empty'}, "
                      f"code: {head_revision()}")
+
+
+register_experiment_commands(app)
 
 
 def main() -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 from models.crud import mark_experiment
 from models.db import session_scope
@@ -19,11 +21,10 @@ _runs: dict[int, Future[None]] = {}
 _lock = threading.Lock()
 
 
-def _run_all(experiment_id: int, tasks: list[tuple[int, int]], concurrency: int) -> None:
-    from workers.execution import execute_item
-
+def _run_all(experiment_id: int, fn: Callable[..., Any], calls: Sequence[tuple],
+             concurrency: int) -> None:
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="evalq") as pool:
-        futures = [pool.submit(execute_item, experiment_id, item, rep) for item, rep in tasks]
+        futures = [pool.submit(fn, *args) for args in calls]
         errors = [f.exception() for f in futures]
     failures = [e for e in errors if e is not None]
     if failures:
@@ -36,13 +37,14 @@ def _run_all(experiment_id: int, tasks: list[tuple[int, int]], concurrency: int)
             )
 
 
-def start(experiment_id: int, tasks: list[tuple[int, int]], concurrency: int) -> None:
-    """Run every (item_id, repeat) of the experiment in the background of this process."""
+def start(experiment_id: int, fn: Callable[..., Any], calls: Sequence[tuple],
+          concurrency: int) -> None:
+    """Run fn(*args) for every args of `calls` in the background of this process."""
     future: Future[None] = Future()
 
     def target() -> None:
         try:
-            _run_all(experiment_id, tasks, concurrency)
+            _run_all(experiment_id, fn, calls, concurrency)
             future.set_result(None)
         except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
             future.set_exception(exc)

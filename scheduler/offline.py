@@ -147,15 +147,31 @@ def _shipped_names() -> list[str]:
     return [p.stem for p in shipped_datasets_dir().glob("*.jsonl")]
 
 
-def _send(experiment_id: int, tasks: list[tuple[int, int]]) -> None:
+def dispatch(experiment_id: int, task: str, calls: list[tuple], *,
+             kwargs: dict[str, Any] | None = None) -> None:
+    """Run `task` for every argument tuple: enqueued to the broker (distributed) or on a
+    thread pool of this process (embedded). Call after the rows it needs are committed."""
+    settings = get_settings()
+    if settings.embedded:
+        from workers.execution import execute_item
+        from workers.rescore import rescore_result
+
+        local: Callable[..., Any] = execute_item if task == "evalq.run_item" else rescore_result
+        extra = kwargs or {}
+        embedded.start(experiment_id, lambda *a: local(*a, **extra), calls,
+                       settings.concurrency)
+    else:
+        _send(experiment_id, task, calls, kwargs or {})
+
+
+def _send(experiment_id: int, task: str, calls: list[tuple], kwargs: dict[str, Any]) -> None:
     from workers.celery_app import app, sync_broker_url
 
     sync_broker_url()
     try:
         with app.producer_or_acquire() as producer:
-            for item_id, rep in tasks:
-                app.send_task("evalq.run_item", args=(experiment_id, item_id, rep),
-                              producer=producer)
+            for args in calls:
+                app.send_task(task, args=args, kwargs=kwargs or None, producer=producer)
     except Exception as exc:  # noqa: BLE001 - kombu raises many connection error types
         with session_scope() as session:
             mark_experiment(session=session, experiment_id=experiment_id,
@@ -201,13 +217,15 @@ def enqueue_offline_run(
     name: str | None = None,
     api_base: str | None = None,
     target: str | None = None,
+    cache: str = "auto",
 ) -> int:
     """Validate everything, store the dataset and a new experiment, then enqueue one task
     per (item, repeat). Returns the experiment id. Nothing is written if any input is bad.
 
     `scorers` default: exact_match when every case has "expected", else the cases'
     assertions only. `target` ("package.module:function") evaluates a Python callable
-    (an agent, a pipeline) instead of a model.
+    (an agent, a pipeline) instead of a model. `cache`: "auto" (reuse stored responses of
+    temperature-0 calls), "on" or "off".
 
     Distributed mode (EVALQ_BROKER_URL set): tasks go to the broker for workers.
     Embedded mode: they run on a thread pool in this process, in the background.
@@ -217,6 +235,8 @@ def enqueue_offline_run(
         raise InputError(f"repeats must be between 1 and {settings.max_repeats}, got {repeats}")
     params = _check_params(model_params)
     _check_target(target, prompt)
+    if cache not in ("auto", "on", "off"):
+        raise InputError(f"cache must be auto, on or off, got {cache!r}")
     if scorers is not None:
         resolved = _resolve(scorers)
     parsed = _resolve_dataset(dataset)
@@ -230,16 +250,14 @@ def enqueue_offline_run(
         model=target or model or settings.default_model, api_base=api_base,
         prompt_template=prompt, model_params=params, scorers=[s.spec() for s in resolved],
         repeats=repeats, mode="embedded" if settings.embedded else "distributed",
+        cache_mode=cache,
     )
     experiment_id, item_ids = _store(parsed, experiment)
     tasks = [(item_id, rep) for rep in range(repeats) for item_id in item_ids]
     with session_scope() as session:
         mark_experiment(session=session, experiment_id=experiment_id,
                         status=ExperimentStatus.RUNNING)
-    if settings.embedded:
-        embedded.start(experiment_id, tasks, settings.concurrency)
-    else:
-        _send(experiment_id, tasks)
+    dispatch(experiment_id, "evalq.run_item", [(experiment_id, i, r) for i, r in tasks])
     log.info("experiment %s: %d tasks %s", experiment_id, len(tasks),
              "running in-process" if settings.embedded else "enqueued")
     return experiment_id

@@ -35,16 +35,29 @@ def print_report(report: dict[str, Any]) -> None:
         f"items: {c['total']} total, [green]{c['done']} done[/green], "
         f"[red]{c['failed']} failed[/red], {c['pending']} pending"
     )
-    table = Table(title="Scores", show_lines=False)
-    for name in ("scorer", "mean", "pass rate", "scored", "unscored"):
+    repeats = any("per_item_sd_mean" in s for s in report["scorers"].values())
+    table = Table(title="Scores (95% CI: Student's t)", show_lines=False)
+    columns = ["scorer", "mean", "95% CI", "pass rate", "scored", "unscored"]
+    for name in columns + (["item sd (repeats)"] if repeats else []):
         table.add_column(name, justify="left" if name == "scorer" else "right")
     for label, s in report["scorers"].items():
-        table.add_row(label, _fmt(s["mean"]), _fmt(s["pass_rate"]), str(s["n_scored"]),
-                      str(s["n_unscored"]))
+        ci = (f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
+              if s.get("ci_low") is not None else "—")
+        row = [label, _fmt(s["mean"]), ci, _fmt(s["pass_rate"]), str(s["n_scored"]),
+               str(s["n_unscored"])]
+        table.add_row(*row, *([_fmt(s.get("per_item_sd_mean"))] if repeats else []))
     out.print(table)
+    if report.get("by"):
+        _print_breakdown(report["by"])
     lat, tok, cost = report["latency_ms"], report["tokens"], report["cost_usd"]
+    speed = (f" · {report['wall_time_s']:.1f} s, {report['items_per_s']:.1f} items/s"
+             if report.get("items_per_s") else "")
+    hits = report.get("cache", {}).get("hits")
     out.print(
-        f"latency p50 {_fmt(lat['p50'], 1)} ms, p95 {_fmt(lat['p95'], 1)} ms · tokens "
+        f"latency p50 {_fmt(lat['p50'], 1)} ms, p95 {_fmt(lat['p95'], 1)} ms, "
+        f"p99 {_fmt(lat.get('p99'), 1)} ms{speed}" + (f" · {hits} cache hits" if hits else ""))
+    out.print(
+        f"tokens "
         f"{tok['prompt']} in / {tok['completion']} out · cost ${cost['total']:.6f} "
         f"(target ${cost['target']:.6f}, judge ${cost['judge']:.6f})"
         + (f" · {cost['results_without_price']} results with no known price"
@@ -55,6 +68,24 @@ def print_report(report: dict[str, Any]) -> None:
         out.print(f"[red]errors:[/red] {errors}")
     if report.get("error"):
         out.print(f"[red]experiment error:[/red] {report['error']}")
+
+
+def _print_breakdown(by: dict[str, Any]) -> None:
+    groups = by["groups"]
+    labels = sorted({label for g in groups.values() for label in g["scorers"]})
+    table = Table(title=f"By {by['field']}")
+    table.add_column(by["field"])
+    table.add_column("items", justify="right")
+    for label in labels:
+        table.add_column(label, justify="right")
+    for value, group in groups.items():
+        cells = []
+        for label in labels:
+            s = group["scorers"].get(label, {})
+            cells.append(_fmt(s.get("mean")) + (f" ±{(s['ci_high'] - s['mean']):.2f}"
+                                                 if s.get("ci_high") is not None else ""))
+        table.add_row(value, str(group["n_items"]), *cells)
+    out.print(table)
 
 
 def print_experiments(rows: list[dict[str, Any]]) -> None:
@@ -111,3 +142,51 @@ def print_online_report(report: dict[str, Any]) -> None:
     out.print(table)
     if not report["windows"]:
         out.print("no scored runs in this period")
+
+
+def _signed(value: Any) -> str:
+    return "—" if value is None else f"{value:+.3f}"
+
+
+def print_comparison(data: dict[str, Any]) -> None:
+    """The human form of `compare_experiments`."""
+    b, c = data["baseline"], data["candidate"]
+    out.print(f"[bold]Baseline {b['id']}[/bold] {b['name']} ({b['model']})  vs  "
+              f"[bold]candidate {c['id']}[/bold] {c['name']} ({c['model']})")
+    same = data.get("same_dataset_version")
+    out.print(f"{data['items_compared']} items compared"
+              + ("" if same else f" (different dataset versions: only the common keys; "
+                 f"{data.get('n_only_in_baseline', 0)} only in the baseline, "
+                 f"{data.get('n_only_in_candidate', 0)} only in the candidate)"))
+    table = Table(title="Scores (paired bootstrap 95% CI of the difference)")
+    for column in ("scorer", "baseline", "candidate", "diff", "95% CI", "verdict",
+                   "pass→fail", "fail→pass"):
+        table.add_column(column)
+    colours = {"improved": "green", "regressed": "red"}
+    for label, s in data["scorers"].items():
+        verdict = s.get("verdict", "")
+        colour = colours.get(verdict)
+        table.add_row(
+            label, _fmt(s.get("baseline_mean")), _fmt(s.get("candidate_mean")),
+            _signed(s.get("diff")),
+            f"[{_signed(s.get('ci_low'))}, {_signed(s.get('ci_high'))}]",
+            f"[{colour}]{verdict}[/{colour}]" if colour else verdict,
+            str(s.get("n_pass_to_fail", len(s.get("pass_to_fail", [])))),
+            str(s.get("n_fail_to_pass", len(s.get("fail_to_pass", [])))),
+        )
+    out.print(table)
+    for label, s in data["scorers"].items():
+        for entry in s.get("pass_to_fail", [])[:10]:
+            out.print(f"[red]{label} pass→fail[/red] {entry['key']}: "
+                      f"{str(entry.get('baseline_output'))[:60]!r} → "
+                      f"{str(entry.get('candidate_output'))[:60]!r}", highlight=False)
+    cost, lat = data.get("cost", {}), data.get("latency_ms", {})
+    out.print(f"cost: ${cost.get('baseline', {}).get('total', 0):.6f} → "
+              f"${cost.get('candidate', {}).get('total', 0):.6f} · latency p50 "
+              f"{_fmt(lat.get('baseline', {}).get('p50'), 1)} → "
+              f"{_fmt(lat.get('candidate', {}).get('p50'), 1)} ms")
+    pairwise = data.get("pairwise")
+    if pairwise:
+        out.print(f"pairwise judge {pairwise.get('judge')}: candidate win rate "
+                  f"{_fmt(pairwise.get('win_rate'))} [{_fmt(pairwise.get('ci_low'))}, "
+                  f"{_fmt(pairwise.get('ci_high'))}] over {pairwise.get('n_judged')} items")

@@ -28,6 +28,7 @@ def create_app() -> Celery:
         task_default_queue=Queue.OFFLINE.value,
         task_routes={
             "evalq.run_item": {"queue": Queue.OFFLINE.value},
+            "evalq.rescore_result": {"queue": Queue.OFFLINE.value},
             "evalq.score_run": {"queue": Queue.ONLINE.value},
             "evalq.online_tick": {"queue": Queue.CONTROL.value},
         },

@@ -7,6 +7,7 @@ repeat) is skipped unless forced.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import threading
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from models.db import session_scope
 from models.settings import Settings, get_settings
 from models.tables import DatasetItem, Experiment, ResultStatus, SubjectType
 from workers import aio
+from workers.cache import cache_enabled, cache_key, store_for
 from workers.errors import ScorerError, WorkerError
 from workers.llm import ModelOutcome, call_model, redact
 from workers.prompt import render_messages
@@ -36,6 +38,8 @@ class Plan:
     template: str | None
     params: dict[str, Any]
     scorers: tuple[ResolvedScorer, ...]
+    cache_mode: str = "auto"
+    config_version: int = 0
 
 
 @dataclass(frozen=True)
@@ -66,11 +70,12 @@ _cache_lock = threading.Lock()
 _MAX_CACHED_CASES = 50_000
 
 
-def load_plan(experiment_id: int) -> Plan:
-    """The experiment's plan (cached: an experiment's configuration never changes)."""
+def load_plan(experiment_id: int, config_version: int = 0) -> Plan:
+    """The experiment's plan, cached per process; reloaded when the experiment's
+    configuration is newer than the cached one (scorers added by a rescore)."""
     key = (get_settings().database_url, experiment_id)
     plan = _plans.get(key)
-    if plan is None:
+    if plan is None or plan.config_version < config_version:
         with session_scope() as session:
             exp = session.get(Experiment, experiment_id)
             if exp is None:
@@ -79,6 +84,7 @@ def load_plan(experiment_id: int) -> Plan:
                 experiment_id, exp.model, exp.target, exp.api_base, exp.prompt_template,
                 dict(exp.model_params or {}),
                 tuple(rebind(spec) for spec in exp.scorers or []),
+                exp.cache_mode, exp.config_version,
             )
         with _cache_lock:
             _plans[key] = plan
@@ -154,7 +160,8 @@ async def run_scorer(scorer: ResolvedScorer, sample: Sample) -> dict[str, Any]:
         return _score_row(scorer, None, redact(f"{type(exc).__name__}: {exc}")[:2000])
 
 
-async def run_target(plan: Plan, case: Case, settings: Settings) -> ModelOutcome:
+async def run_target(plan: Plan, case: Case, settings: Settings, repeat: int = 0
+                     ) -> ModelOutcome:
     """What the target produced for one test case (a model call, or a Python callable)."""
     if plan.target is not None:
         context = {"id": case.key, "input": case.input, "metadata": case.metadata,
@@ -167,15 +174,35 @@ async def run_target(plan: Plan, case: Case, settings: Settings) -> ModelOutcome
     params = dict(plan.params)
     if case.tools:
         params["tools"] = list(case.tools)
-    return await call_model(
-        model=plan.model, messages=messages, settings=settings,
-        api_base=plan.api_base, params=params,
-    )
+    if not cache_enabled(plan.cache_mode, params):
+        return await call_model(model=plan.model, messages=messages, settings=settings,
+                                api_base=plan.api_base, params=params)
+    store = store_for(settings)
+    key = cache_key(model=plan.model, api_base=plan.api_base, messages=messages,
+                    params=params, repeat=repeat)
+    hit = await asyncio.to_thread(store.get, key)
+    if hit is not None:
+        return ModelOutcome(**{**hit, "cached": True, "cost_usd": 0.0, "attempts": 0})
+    outcome = await call_model(model=plan.model, messages=messages, settings=settings,
+                               api_base=plan.api_base, params=params)
+    if outcome.error is None:
+        await asyncio.to_thread(store.put, key, cacheable(outcome))
+    return outcome
 
 
-async def evaluate(plan: Plan, case: Case, settings: Settings) -> tuple[ModelOutcome, list[dict]]:
+def cacheable(outcome: ModelOutcome) -> dict[str, Any]:
+    """The fields of a response worth replaying from the cache."""
+    return {"output": outcome.output, "tool_calls": outcome.tool_calls,
+            "prompt_tokens": outcome.prompt_tokens,
+            "completion_tokens": outcome.completion_tokens, "cost_known": outcome.cost_known,
+            "response_model": outcome.response_model, "outcome": outcome.outcome,
+            "latency_ms": outcome.latency_ms}
+
+
+async def evaluate(plan: Plan, case: Case, settings: Settings, repeat: int = 0
+                   ) -> tuple[ModelOutcome, list[dict]]:
     """Call the target for one test case and score what it produced."""
-    outcome = await run_target(plan, case, settings)
+    outcome = await run_target(plan, case, settings, repeat)
     if outcome.error is not None:
         return outcome, []
     sample = Sample(
@@ -204,11 +231,12 @@ def result_row(experiment_id: int, item_id: int, repeat: int, outcome: ModelOutc
         "latency_ms": outcome.latency_ms, "prompt_tokens": outcome.prompt_tokens,
         "completion_tokens": outcome.completion_tokens, "cost_usd": outcome.cost_usd,
         "cost_known": outcome.cost_known, "attempts": outcome.attempts,
-        "response_model": outcome.response_model,
+        "response_model": outcome.response_model, "cached": outcome.cached,
     }
 
 
-def execute_item(experiment_id: int, item_id: int, repeat: int, *, force: bool = False) -> str:
+def execute_item(experiment_id: int, item_id: int, repeat: int, *, force: bool = False,
+                 config: int = 0) -> str:
     """Evaluate and store one (item, repeat). Returns its status, or "skipped" when a
     Result already exists (a redelivered task) and `force` is not set."""
     settings = get_settings()
@@ -218,8 +246,8 @@ def execute_item(experiment_id: int, item_id: int, repeat: int, *, force: bool =
                 session=session, experiment_id=experiment_id, item_id=item_id, repeat=repeat
             ):
                 return "skipped"
-    plan, case = load_plan(experiment_id), load_case(item_id)
-    outcome, scores = aio.run(evaluate(plan, case, settings))
+    plan, case = load_plan(experiment_id, config), load_case(item_id)
+    outcome, scores = aio.run(evaluate(plan, case, settings, repeat))
     row = result_row(experiment_id, item_id, repeat, outcome)
     with session_scope() as session:
         record_item_outcome(session=session, result_in=row, scores_in=scores)

@@ -150,6 +150,7 @@ class ModelOutcome:
     cost_known: bool = True
     attempts: int = 0
     response_model: str | None = None
+    cached: bool = False  # replayed from the response cache, no provider call
     outcome: str | None = None  # "COMPLETE" for a model that answered; an agent's own state
     steps: list[Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -52,6 +52,18 @@ def score_run(self: Task, claim_id: int) -> str:
         raise self.retry(exc=exc, countdown=_countdown(self.request.retries)) from exc
 
 
+@app.task(name="evalq.rescore_result", bind=True, acks_late=True, reject_on_worker_lost=True,
+          max_retries=20)
+def rescore_result(self: Task, experiment_id: int, result_id: int) -> str:
+    """Score a stored Result with scorers added to its experiment (no target call)."""
+    from workers.rescore import rescore_result as rescore
+
+    try:
+        return rescore(experiment_id, result_id)
+    except DB_TRANSIENT as exc:
+        raise self.retry(exc=exc, countdown=_countdown(self.request.retries)) from exc
+
+
 @app.task(
     name="evalq.run_item",
     bind=True,
@@ -59,10 +71,11 @@ def score_run(self: Task, claim_id: int) -> str:
     reject_on_worker_lost=True,
     max_retries=20,
 )
-def run_item(self: Task, experiment_id: int, item_id: int, repeat: int, force: bool = False) -> str:
+def run_item(self: Task, experiment_id: int, item_id: int, repeat: int, force: bool = False,
+             config: int = 0) -> str:
     """Evaluate one (dataset item, repeat) of an experiment and store Result + Scores."""
     try:
-        return execute_item(experiment_id, item_id, repeat, force=force)
+        return execute_item(experiment_id, item_id, repeat, force=force, config=config)
     except DB_TRANSIENT as exc:
         log.warning("database error on experiment %s item %s: %s; retrying",
                     experiment_id, item_id, type(exc).__name__)

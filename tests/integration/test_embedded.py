@@ -176,3 +176,15 @@ def test_multi_turn_messages_input_is_sent_as_is(embedded_env, fake_llm: FakeLLM
     summary = wait_for_experiment(exp_id, timeout=60)
     assert summary["scorers"]["exact_match"]["mean"] == 1.0
     assert fake_llm.requests()[0]["body"]["messages"] == conversation
+
+
+def test_cache_in_the_database_in_embedded_mode(embedded_env, fake_llm: FakeLLM,
+                                                tmp_path: Path):
+    dataset = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    args = ["run", str(dataset), "--model", "openai/fake", "--api-base", fake_llm.base_url,
+            "--cache", "--json"]
+    assert _run(*args)[0] == 0
+    assert fake_llm.stats()["total"] == 4
+    code, out, _ = _run(*args)
+    assert code == 0 and fake_llm.stats()["total"] == 4
+    assert json.loads(out)["report"]["cache"]["hits"] == 4

@@ -1,0 +1,170 @@
+"""`evalq report | compare | rerun | resume | rescore`, and the CI gate of `evalq run`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from scheduler import render
+from scheduler.cli_common import emit_json, handle_errors, parse_scorer
+
+AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+ExperimentId = Annotated[int, typer.Argument(help="Experiment id.")]
+
+
+def report(
+    experiment_id: ExperimentId,
+    by: Annotated[str | None, typer.Option(
+        help="Break scores down by this metadata field (e.g. category).")] = None,
+    html: Annotated[Path | None, typer.Option(
+        help="Also write a self-contained HTML report (charts, filterable items) here.")
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Scores (mean, standard error, 95% t interval, pass rate), counts, latency
+    p50/p95/p99, tokens, cost, wall time, items/s, and an optional breakdown."""
+    from scheduler.report import build_report, load_items
+
+    exp, dataset, rows = load_items(experiment_id)
+    data = build_report(exp, dataset, rows, by=by)
+    if html is not None:
+        from scheduler.html_report import render_experiment_html, write_html
+
+        write_html(html, render_experiment_html(data, rows))
+    if as_json:
+        emit_json(data)
+        return
+    render.print_report(data)
+    if html is not None:
+        render.out.print(f"HTML report written to {html}")
+
+
+def compare(
+    baseline: Annotated[int, typer.Argument(help="Baseline experiment id.")],
+    candidate: Annotated[int, typer.Argument(help="Candidate experiment id.")],
+    html: Annotated[Path | None, typer.Option(help="Also write an HTML comparison here.")
+                    ] = None,
+    pairwise_model: Annotated[str | None, typer.Option(
+        help="Also have this LLM judge pick the better output of each item "
+        "(llm_pairwise, positions swapped).")] = None,
+    pairwise_api_base: Annotated[str | None, typer.Option(
+        help="Base URL of the pairwise judge.")] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 2000,
+    as_json: AsJson = False,
+) -> None:
+    """What changed between two experiments: per scorer the difference of means with a
+    paired bootstrap 95% CI and a verdict, items that flipped, cost and latency deltas."""
+    from scheduler.compare import compare_experiments
+
+    pairwise = None
+    if pairwise_model or pairwise_api_base:
+        pairwise = {"model": pairwise_model, "api_base": pairwise_api_base}
+    data = compare_experiments(baseline, candidate, n_boot=bootstrap, pairwise=pairwise)
+    if html is not None:
+        from scheduler.html_report import render_compare_html, write_html
+
+        write_html(html, render_compare_html(data))
+    if as_json:
+        emit_json(data)
+        return
+    render.print_comparison(data)
+
+
+def rerun(
+    experiment_id: ExperimentId,
+    failed: Annotated[bool, typer.Option(
+        "--failed", help="Re-run the items whose target failed (required: items that "
+        "scored low are not re-run).")] = False,
+    wait: Annotated[bool, typer.Option(help="Wait and print the report.")] = True,
+    as_json: AsJson = False,
+) -> None:
+    """Re-run failed items in the same experiment."""
+    from scheduler.errors import InputError
+    from scheduler.reruns import rerun_failed
+
+    if not failed:
+        raise InputError("say what to re-run: `evalq rerun ID --failed`")
+    count = rerun_failed(experiment_id)
+    _after_enqueue(experiment_id, count, "failed items re-enqueued", wait, as_json)
+
+
+def resume(
+    experiment_id: ExperimentId,
+    wait: Annotated[bool, typer.Option(help="Wait and print the report.")] = True,
+    as_json: AsJson = False,
+) -> None:
+    """Enqueue every item of the experiment that never finished (after a crash)."""
+    from scheduler.reruns import resume as resume_run
+
+    count = resume_run(experiment_id)
+    _after_enqueue(experiment_id, count, "unfinished items enqueued", wait, as_json)
+
+
+def _after_enqueue(experiment_id: int, count: int, what: str, wait: bool, as_json: bool
+                   ) -> None:
+    from scheduler.offline import wait_for_experiment
+
+    if not as_json:
+        render.err.print(f"experiment {experiment_id}: {count} {what}")
+    if not wait or count == 0:
+        if as_json:
+            emit_json({"experiment_id": experiment_id, "enqueued": count})
+        return
+    data = wait_for_experiment(experiment_id)
+    emit_json({"experiment_id": experiment_id, "enqueued": count, "report": data}) \
+        if as_json else render.print_report(data)
+
+
+def rescore(
+    experiment_id: ExperimentId,
+    scorer: Annotated[list[str], typer.Option(
+        "--scorer", "-s", help="Scorer to add (name or JSON spec), repeatable.")],
+    as_json: AsJson = False,
+) -> None:
+    """Add scorers to a completed experiment, scoring its stored outputs (the target is
+    not called again)."""
+    from scheduler.report import experiment_report
+    from scheduler.reruns import rescore as add_scorers
+    from scheduler.reruns import wait_for_rescore
+
+    labels = add_scorers(experiment_id, [parse_scorer(s) for s in scorer])
+    if not as_json:
+        render.err.print(f"experiment {experiment_id}: scoring with {', '.join(labels)}")
+    wait_for_rescore(experiment_id, labels)
+    data = experiment_report(experiment_id)
+    emit_json({"experiment_id": experiment_id, "added": labels, "report": data}) \
+        if as_json else render.print_report(data)
+
+
+def run_gate(report_data: dict[str, Any], *, fail_under: list[str], baseline: int | None,
+             fail_on_regression: bool, junit: Path | None) -> Any:
+    """The CI gate of `evalq run`: thresholds and regression against a baseline. Writes the
+    JUnit file if asked. Returns the GateResult, or None when no gate was asked for."""
+    from scheduler.errors import InputError
+    from scheduler.gate import evaluate_gate, parse_thresholds
+
+    experiment_id = report_data["experiment_id"]
+    if junit is not None:
+        from scheduler.junit import write_junit
+        from scheduler.report import load_items
+
+        write_junit(report_data, load_items(experiment_id)[2], junit)
+    if fail_on_regression and baseline is None:
+        raise InputError("--fail-on-regression needs --baseline EXPERIMENT_ID")
+    if not fail_under and baseline is None:
+        return None
+    comparison = None
+    if baseline is not None:
+        from scheduler.compare import compare_experiments
+
+        comparison = compare_experiments(baseline, experiment_id)
+    return evaluate_gate(report_data, fail_under=parse_thresholds(fail_under),
+                         comparison=comparison, fail_on_regression=fail_on_regression)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the main CLI."""
+    for fn in (report, compare, rerun, resume, rescore):
+        app.command(fn.__name__)(handle_errors(fn))
