@@ -52,8 +52,18 @@ class Settings(BaseSettings):
     )
     visibility_timeout_s: int = Field(
         3600,
-        ge=60,
-        description="Redis visibility timeout: an unacknowledged task is redelivered after it.",
+        ge=5,
+        description="Redis visibility timeout: a task not acknowledged this long after it was "
+        "delivered (its worker died) is delivered again. Keep it above the longest task.",
+    )
+    rate_limits: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description='Shared rate limits per model, JSON: {"openai/gpt-4o-mini": {"rpm": 600, '
+        '"tpm": 200000}}. Enforced across every worker process through Redis.',
+    )
+    soft_shutdown_s: float = Field(
+        30.0, ge=0, description="On SIGTERM a worker finishes running tasks for up to this "
+        "long; what is still running is then requeued."
     )
     poll_interval_s: float = Field(
         0.5, gt=0, description="How often `wait_for_experiment` reads progress."
