@@ -202,10 +202,15 @@ def record_item_outcome(
         old_done, old_failed = _counter_delta(previous)
         d_done, d_failed = d_done - old_done, d_failed - old_failed
     experiment_id = result_in["experiment_id"]
+    spent = 0.0
+    if previous is None:  # running spend, for the budget; exact totals at finalization
+        spent = float(result_in.get("cost_usd") or 0.0) + sum(
+            float(s.get("judge_cost_usd") or 0.0) for s in scores_in)
     row = session.execute(
         sa.update(Experiment)
         .where(col(Experiment.id) == experiment_id)
-        .values(n_done=Experiment.n_done + d_done, n_failed=Experiment.n_failed + d_failed)
+        .values(n_done=Experiment.n_done + d_done, n_failed=Experiment.n_failed + d_failed,
+                cost_usd=Experiment.cost_usd + spent)
         .returning(Experiment.n_done, Experiment.n_failed, Experiment.total_items,  # type: ignore[call-overload]
                    Experiment.status)
     ).one()
@@ -218,11 +223,18 @@ def finalize_experiment(*, session: Session, experiment_id: int) -> bool:
     """Store the experiment's totals and mark it completed. Returns True only when this
     call moved it to COMPLETED (the totals are refreshed on every call)."""
     store_totals(session=session, experiment_id=experiment_id)
+    skipped = session.execute(
+        sa.select(sa.func.count()).select_from(Result)
+        .where(col(Result.experiment_id) == experiment_id,
+               col(Result.status) == ResultStatus.SKIPPED_BUDGET)
+    ).scalar_one()
+    final = ExperimentStatus.BUDGET_EXCEEDED if skipped else ExperimentStatus.COMPLETED
     moved = session.execute(
         sa.update(Experiment)
         .where(col(Experiment.id) == experiment_id,
-               col(Experiment.status) != ExperimentStatus.COMPLETED)
-        .values(status=ExperimentStatus.COMPLETED, finished_at=utcnow())
+               col(Experiment.status).not_in([ExperimentStatus.COMPLETED,
+                                              ExperimentStatus.BUDGET_EXCEEDED]))
+        .values(status=final, finished_at=utcnow())
     )
     return moved.rowcount == 1  # type: ignore[attr-defined]
 
@@ -341,3 +353,10 @@ def add_scorer_specs(*, session: Session, experiment_id: int, specs: list[dict[s
     session.add(exp)
     session.flush()
     return exp.config_version
+
+
+def spent_usd(*, session: Session, experiment_id: int) -> float:
+    """What an experiment has spent so far (target and judge calls)."""
+    return float(session.execute(
+        sa.select(col(Experiment.cost_usd) + col(Experiment.judge_cost_usd))
+        .where(col(Experiment.id) == experiment_id)).scalar_one())

@@ -36,6 +36,7 @@ class ExperimentStatus(StrEnum):
     PENDING = "pending"  # created, tasks not sent yet
     RUNNING = "running"  # tasks sent, results arriving
     COMPLETED = "completed"  # every (item, repeat) has a Result
+    BUDGET_EXCEEDED = "budget_exceeded"  # finished, some items skipped by --max-cost
     FAILED = "failed"  # could not be enqueued; see Experiment.error
 
 
@@ -44,6 +45,7 @@ class ResultStatus(StrEnum):
 
     OK = "ok"  # the target produced an output
     ERROR = "error"  # the target failed permanently; Result.error says why
+    SKIPPED_BUDGET = "skipped_budget"  # not run: the experiment's cost budget was spent
 
 
 class SubjectType(StrEnum):

@@ -92,6 +92,9 @@ def run(
         "against --baseline.")] = False,
     junit: Annotated[Path | None, typer.Option(
         help="Write a JUnit XML report (one testcase per item x scorer).")] = None,
+    max_cost: Annotated[float | None, typer.Option(
+        help="Budget in USD: once spent (target + judge), no new model call starts; the "
+        "rest is marked skipped_budget and the experiment ends budget_exceeded.")] = None,
 ) -> None:
     """Run a dataset against a model, score every output and print the report.
 
@@ -108,7 +111,7 @@ def run(
         scorers=[parse_scorer(s) for s in scorer] if scorer else None,
         prompt=template, repeats=repeats, model_params=parse_params(param or []), name=name,
         api_base=api_base, target=target,
-        cache="auto" if cache is None else ("on" if cache else "off"),
+        cache="auto" if cache is None else ("on" if cache else "off"), max_cost_usd=max_cost,
     )
     embedded = get_settings().embedded
     if no_wait and not embedded:

@@ -30,7 +30,8 @@ from workers.errors import WorkerError
 
 log = logging.getLogger(__name__)
 _SECRET_WORDS = ("key", "token", "secret", "password", "authorization")
-DONE_STATUSES = {ExperimentStatus.COMPLETED.value, ExperimentStatus.FAILED.value}
+DONE_STATUSES = {ExperimentStatus.COMPLETED.value, ExperimentStatus.FAILED.value,
+                 ExperimentStatus.BUDGET_EXCEEDED.value}
 
 
 def shipped_datasets_dir() -> Path:
@@ -194,6 +195,23 @@ def _default_scorers(parsed: ParsedDataset) -> list[str | dict[str, Any]]:
     )
 
 
+def _check_model(model: str, api_base: str | None) -> None:
+    """Refuse a model name litellm cannot route, before anything is written."""
+    if model.startswith("evalq/"):
+        return
+    from workers.llm import setup_litellm
+
+    litellm = setup_litellm()
+    try:
+        litellm.get_llm_provider(model=model, api_base=api_base)
+    except Exception as exc:  # noqa: BLE001 - litellm raises several types for this
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc)
+        raise InputError(
+            f"unknown model {model!r}: litellm cannot tell its provider ({reason}); name it "
+            "provider/model, e.g. openai/gpt-4o-mini or anthropic/claude-3-5-haiku-latest"
+        ) from None
+
+
 def _check_target(target: str | None, prompt: str | None) -> None:
     from workers.targets import load_callable
 
@@ -218,6 +236,7 @@ def enqueue_offline_run(
     api_base: str | None = None,
     target: str | None = None,
     cache: str = "auto",
+    max_cost_usd: float | None = None,
 ) -> int:
     """Validate everything, store the dataset and a new experiment, then enqueue one task
     per (item, repeat). Returns the experiment id. Nothing is written if any input is bad.
@@ -235,6 +254,10 @@ def enqueue_offline_run(
         raise InputError(f"repeats must be between 1 and {settings.max_repeats}, got {repeats}")
     params = _check_params(model_params)
     _check_target(target, prompt)
+    if target is None:
+        _check_model(model or settings.default_model, api_base)
+    if max_cost_usd is not None and max_cost_usd <= 0:
+        raise InputError(f"the cost budget must be above 0, got {max_cost_usd}")
     if cache not in ("auto", "on", "off"):
         raise InputError(f"cache must be auto, on or off, got {cache!r}")
     if scorers is not None:
@@ -250,7 +273,7 @@ def enqueue_offline_run(
         model=target or model or settings.default_model, api_base=api_base,
         prompt_template=prompt, model_params=params, scorers=[s.spec() for s in resolved],
         repeats=repeats, mode="embedded" if settings.embedded else "distributed",
-        cache_mode=cache,
+        cache_mode=cache, max_cost_usd=max_cost_usd,
     )
     experiment_id, item_ids = _store(parsed, experiment)
     tasks = [(item_id, rep) for rep in range(repeats) for item_id in item_ids]

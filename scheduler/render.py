@@ -34,6 +34,8 @@ def print_report(report: dict[str, Any]) -> None:
     out.print(
         f"items: {c['total']} total, [green]{c['done']} done[/green], "
         f"[red]{c['failed']} failed[/red], {c['pending']} pending"
+        + (f", [yellow]{c['skipped_budget']} skipped: budget ${report.get('budget_usd'):g} "
+           "spent[/yellow]" if c.get("skipped_budget") else "")
     )
     repeats = any("per_item_sd_mean" in s for s in report["scorers"].values())
     table = Table(title="Scores (95% CI: Student's t)", show_lines=False)

@@ -164,6 +164,7 @@ def build_report(exp: Experiment, dataset: Dataset | None, rows: list[ItemRow],
     """The report dict from loaded rows."""
     done = [r for r in rows if r.status == ResultStatus.OK]
     failed = [r for r in rows if r.status == ResultStatus.ERROR]
+    skipped = [r for r in rows if r.status == ResultStatus.SKIPPED_BUDGET]
     finished = done + failed
     latencies = [r.latency_ms for r in done if r.latency_ms is not None]
     target_cost = sum(r.cost_usd for r in finished)
@@ -179,7 +180,9 @@ def build_report(exp: Experiment, dataset: Dataset | None, rows: list[ItemRow],
                     "version": dataset.version if dataset else None},
         "repeats": exp.repeats,
         "counts": {"total": exp.total_items, "done": len(done), "failed": len(failed),
-                   "pending": max(0, exp.total_items - len(finished))},
+                   "skipped_budget": len(skipped),
+                   "pending": max(0, exp.total_items - len(finished) - len(skipped))},
+        "budget_usd": exp.max_cost_usd,
         "scorers": {label: scorer_stats(rows, label) for label in _labels(rows)},
         "latency_ms": {"p50": _r(percentile(latencies, 50), 3),
                        "p95": _r(percentile(latencies, 95), 3),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("OPENAI_API_KEY", "sk-evalq-test-not-a-real-key-0000")
 for _name in [n for n in os.environ if n.startswith("EVALQ_")]:
     del os.environ[_name]  # tests choose their own settings
+# A test that forgets to choose a database must not write into the working directory.
+os.environ["EVALQ_DATABASE_URL"] = f"sqlite:///{tempfile.mkdtemp(prefix='evalq-tests-')}/evalq.db"
 
 from tests.fakellm import FakeLLM  # noqa: E402
 from tests.support import (  # noqa: E402

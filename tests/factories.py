@@ -66,3 +66,10 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
         for row in rows:
             f.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
     return path
+
+
+def counts(total: int, *, done: int, failed: int = 0, skipped_budget: int = 0,
+           pending: int = 0) -> dict[str, int]:
+    """A report's "counts" object."""
+    return {"total": total, "done": done, "failed": failed, "skipped_budget": skipped_budget,
+            "pending": pending}

@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from models.crud import existing_result_status, record_item_outcome
+from models.crud import existing_result_status, record_item_outcome, spent_usd
 from models.db import session_scope
 from models.settings import Settings, get_settings
 from models.tables import DatasetItem, Experiment, ResultStatus, SubjectType
@@ -40,6 +40,7 @@ class Plan:
     scorers: tuple[ResolvedScorer, ...]
     cache_mode: str = "auto"
     config_version: int = 0
+    max_cost_usd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def load_plan(experiment_id: int, config_version: int = 0) -> Plan:
                 experiment_id, exp.model, exp.target, exp.api_base, exp.prompt_template,
                 dict(exp.model_params or {}),
                 tuple(rebind(spec) for spec in exp.scorers or []),
-                exp.cache_mode, exp.config_version,
+                exp.cache_mode, exp.config_version, exp.max_cost_usd,
             )
         with _cache_lock:
             _plans[key] = plan
@@ -235,6 +236,11 @@ def result_row(experiment_id: int, item_id: int, repeat: int, outcome: ModelOutc
     }
 
 
+def _budget_spent(experiment_id: int, budget: float) -> bool:
+    with session_scope() as session:
+        return spent_usd(session=session, experiment_id=experiment_id) >= budget
+
+
 def execute_item(experiment_id: int, item_id: int, repeat: int, *, force: bool = False,
                  config: int = 0) -> str:
     """Evaluate and store one (item, repeat). Returns its status, or "skipped" when a
@@ -247,6 +253,15 @@ def execute_item(experiment_id: int, item_id: int, repeat: int, *, force: bool =
             ):
                 return "skipped"
     plan, case = load_plan(experiment_id, config), load_case(item_id)
+    if plan.max_cost_usd is not None and _budget_spent(experiment_id, plan.max_cost_usd):
+        outcome = ModelOutcome(error=f"skipped: the experiment's budget of "
+                               f"${plan.max_cost_usd:g} is spent (--max-cost)",
+                               error_type="BudgetExceeded")
+        row = result_row(experiment_id, item_id, repeat, outcome)
+        row["status"] = ResultStatus.SKIPPED_BUDGET.value
+        with session_scope() as session:
+            record_item_outcome(session=session, result_in=row, scores_in=[])
+        return str(row["status"])
     outcome, scores = aio.run(evaluate(plan, case, settings, repeat))
     row = result_row(experiment_id, item_id, repeat, outcome)
     with session_scope() as session:

@@ -15,7 +15,7 @@ from sqlmodel import select
 from models.db import session_scope
 from models.tables import Result, Score
 from scheduler import enqueue_offline_run, wait_for_experiment
-from tests.factories import write_jsonl
+from tests.factories import counts, write_jsonl
 from tests.fakellm import FakeLLM
 from tests.support import EnvPatch, WorkerProcess
 
@@ -54,7 +54,7 @@ def test_shipped_steel_thread_dataset_runs_unchanged(agent_worker: WorkerProcess
     exp_id = enqueue_offline_run(dataset="steel_thread", target="tests.agents:weather_agent",
                                  scorers=["tests.agents:word_budget"])
     summary = wait_for_experiment(exp_id, timeout=60)
-    assert summary["counts"] == {"total": 4, "done": 4, "failed": 0, "pending": 0}
+    assert summary["counts"] == counts(4, done=4, failed=0)
     scores = _scores(exp_id)
     expect = {
         ("paris", "assert:outcome"): True, ("paris", "assert:final_output"): True,
@@ -91,7 +91,7 @@ def test_llm_judge_assertions_and_agent_exceptions(agent_worker: WorkerProcess,
     ])
     exp_id = enqueue_offline_run(dataset=dataset, target="tests.agents:weather_agent")
     summary = wait_for_experiment(exp_id, timeout=60)
-    assert summary["counts"] == {"total": 2, "done": 1, "failed": 1, "pending": 0}
+    assert summary["counts"] == counts(2, done=1, failed=1)
     assert summary["errors"] == {"ValueError": 1}
     scores = _scores(exp_id)
     judge = scores[("london", "assert:llm_as_judge")]

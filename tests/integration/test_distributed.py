@@ -16,7 +16,7 @@ from models.db import session_scope
 from models.tables import Experiment, Result, Score
 from scheduler import enqueue_offline_run, wait_for_experiment
 from scheduler.cli import app
-from tests.factories import write_jsonl
+from tests.factories import counts, write_jsonl
 from tests.fakellm import FakeLLM
 from tests.support import WorkerProcess
 
@@ -54,7 +54,7 @@ def test_cli_run_enqueues_and_worker_does_the_work(distributed: WorkerProcess,
     summary = json.loads(result.stdout)
     assert summary["status"] == "completed"
     assert summary["report"]["mode"] == "distributed"
-    assert summary["counts"] == {"total": 9, "done": 9, "failed": 0, "pending": 0}
+    assert summary["counts"] == counts(9, done=9, failed=0)
     assert summary["scores"]["exact_match"] == pytest.approx(6 / 9)
     assert fake_llm.stats()["total"] == 9
     distributed.wait_for("evalq.run_item", 10)  # the worker (not this process) ran them
@@ -92,7 +92,7 @@ def test_duplicate_deliveries_leave_one_result_and_exact_counts(distributed: Wor
         for rep in range(2):
             celery_app.send_task("evalq.run_item", args=(exp_id, item_id, rep, True))
     summary = wait_for_experiment(exp_id, timeout=60)
-    assert summary["counts"] == {"total": 24, "done": 24, "failed": 0, "pending": 0}
+    assert summary["counts"] == counts(24, done=24, failed=0)
     # Wait until the forced duplicates have run too, then check nothing doubled.
     deadline = time.monotonic() + 30
     while fake_llm.stats()["total"] < 48 and time.monotonic() < deadline:
@@ -141,7 +141,7 @@ def test_retry_classification_end_to_end(distributed: WorkerProcess, fake_llm: F
     ])
     exp_id = enqueue_offline_run(dataset=dataset, model="openai/fake", api_base=fake_llm.base_url)
     summary = wait_for_experiment(exp_id, timeout=60)
-    assert summary["counts"] == {"total": 4, "done": 2, "failed": 2, "pending": 0}
+    assert summary["counts"] == counts(4, done=2, failed=2)
     with session_scope() as s:
         rows = s.exec(select(Result).where(Result.experiment_id == exp_id)).all()
         by_input = {r.output or r.error_type: r for r in rows}

@@ -14,8 +14,9 @@ from models.db import session_scope
 from models.tables import Dataset, Experiment, Result, Score
 from scheduler import enqueue_offline_run, wait_for_experiment
 from scheduler.cli import app
-from tests.factories import write_jsonl
+from tests.factories import counts, write_jsonl
 from tests.fakellm import FakeLLM
+from tests.support import EnvPatch
 
 runner = CliRunner()
 ROWS = [
@@ -48,7 +49,7 @@ def test_cli_run_scores_and_report_matches_database(embedded_env, fake_llm: Fake
     summary = json.loads(out)
     # The fake echoes: alpha==ALPHA (case-insensitive), echo matches the 2nd expected.
     assert summary["status"] == "completed"
-    assert summary["counts"] == {"total": 4, "done": 4, "failed": 0, "pending": 0}
+    assert summary["counts"] == counts(4, done=4, failed=0)
     assert summary["scores"]["exact_match"] == pytest.approx(0.5)
     assert summary["scores"]["contains"] == pytest.approx(0.75)  # alpha bravo charlie
     assert fake_llm.stats()["total"] == 4
@@ -188,3 +189,29 @@ def test_cache_in_the_database_in_embedded_mode(embedded_env, fake_llm: FakeLLM,
     code, out, _ = _run(*args)
     assert code == 0 and fake_llm.stats()["total"] == 4
     assert json.loads(out)["report"]["cache"]["hits"] == 4
+
+
+def test_budget_stops_new_calls_and_marks_the_rest(embedded_env, fake_llm: FakeLLM,
+                                                   tmp_path: Path):
+    rows = [{"id": f"b{i}", "input": "word " * 200, "expected": "x"} for i in range(30)]
+    dataset = write_jsonl(tmp_path / "budget.jsonl", rows)
+    with EnvPatch(EVALQ_CONCURRENCY="1"):
+        exp_id = enqueue_offline_run(dataset=dataset, model="openai/gpt-4o-mini",
+                                     api_base=fake_llm.base_url, max_cost_usd=0.0002)
+        report = wait_for_experiment(exp_id, timeout=60)
+    c = report["counts"]
+    assert report["status"] == "budget_exceeded"
+    assert c["done"] >= 1 and c["skipped_budget"] >= 1 and c["done"] + c["skipped_budget"] == 30
+    assert fake_llm.stats()["total"] == c["done"]  # skipped items made no call
+    per_call = report["cost_usd"]["target"] / c["done"]
+    assert 0.0002 <= report["cost_usd"]["total"] < 0.0002 + per_call + 1e-12
+    code, out, _ = _run("report", str(exp_id))
+    assert code == 0 and "budget_exceeded" in out
+
+
+def test_unknown_model_is_refused_before_anything_is_written(embedded_env, tmp_path: Path):
+    dataset = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    before = _table_counts()
+    code, _, err = _run("run", str(dataset), "--model", "nosuchprovider/some-model")
+    assert code == 2 and "unknown model" in err
+    assert _table_counts() == before

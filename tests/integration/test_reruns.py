@@ -16,7 +16,7 @@ from models.tables import Result, Score
 from scheduler import enqueue_offline_run, wait_for_experiment
 from scheduler.cli import app
 from scheduler.offline import progress
-from tests.factories import write_jsonl
+from tests.factories import counts, write_jsonl
 from tests.fakellm import FakeLLM
 from tests.support import EnvPatch, WorkerProcess, redis_flush, truncate_all
 
@@ -59,11 +59,11 @@ def test_rerun_failed_runs_only_errored_items(worker: WorkerProcess, fake_llm: F
     exp_id = enqueue_offline_run(dataset=dataset, model="openai/fake",
                                  api_base=fake_llm.base_url)
     first = wait_for_experiment(exp_id, timeout=60)
-    assert first["counts"] == {"total": 10, "done": 8, "failed": 2, "pending": 0}
+    assert first["counts"] == counts(10, done=8, failed=2)
     calls = fake_llm.stats()["total"]
     out = _cli("rerun", str(exp_id), "--failed")
     assert out["enqueued"] == 2
-    assert out["report"]["counts"] == {"total": 10, "done": 10, "failed": 0, "pending": 0}
+    assert out["report"]["counts"] == counts(10, done=10, failed=0)
     assert out["report"]["status"] == "completed"
     assert fake_llm.stats()["total"] == calls + 2  # only the two failed items were called
     assert out["report"]["scorers"]["exact_match"]["mean"] == pytest.approx(0.9)
