@@ -215,3 +215,36 @@ def test_unknown_model_is_refused_before_anything_is_written(embedded_env, tmp_p
     code, _, err = _run("run", str(dataset), "--model", "nosuchprovider/some-model")
     assert code == 2 and "unknown model" in err
     assert _table_counts() == before
+
+
+def test_ci_gate_exit_codes_junit_and_regression(embedded_env, fake_llm: FakeLLM,
+                                                 tmp_path: Path):
+    import xml.etree.ElementTree as ET
+
+    rows = [{"id": f"g{i}", "input": f"item {i}.", "expected": f"item {i}."} for i in range(40)]
+    dataset = write_jsonl(tmp_path / "gate.jsonl", rows)
+    base = ["run", str(dataset), "--model", "openai/fake", "--api-base", fake_llm.base_url]
+    code, out, _ = _run(*base, "--fail-under", "exact_match=0.9", "--junit",
+                        str(tmp_path / "j.xml"))
+    assert code == 0 and "GATE PASSED" in out
+    suite = ET.parse(tmp_path / "j.xml").getroot().find("testsuite")
+    assert suite is not None and suite.get("tests") == "40" and suite.get("failures") == "0"
+    baseline_id = json.loads(_run("list", "--json")[1])[0]["id"]
+
+    fake_llm.configure(answers={f"item {i}.": "wrong" for i in range(0, 40, 2)})  # half wrong
+    code, out, _ = _run(*base, "--fail-under", "exact_match=0.9")
+    assert code == 1 and "GATE FAILED" in out and "exact_match 0.50 < 0.90" in out
+    code, out, _ = _run(*base, "--fail-under", "exact_match=0.4")
+    assert code == 0
+    code, out, _ = _run(*base, "--baseline", str(baseline_id), "--fail-on-regression", "--json")
+    assert code == 1
+    gate = json.loads(out)["gate"]
+    assert gate["ok"] is False and "regressed" in gate["line"]
+    candidate_id = json.loads(out)["experiment_id"]
+    code, out, _ = _run("compare", str(baseline_id), str(candidate_id), "--json")
+    scorer = json.loads(out)["scorers"]["exact_match"]
+    assert scorer["verdict"] == "regressed" and scorer["n_pass_to_fail"] == 20
+    code, _, err = _run(*base, "--fail-under", "exact_match=high")
+    assert code == 2
+    code, _, err = _run(*base, "--fail-on-regression")
+    assert code == 2 and "--baseline" in err

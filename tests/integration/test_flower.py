@@ -94,3 +94,53 @@ def test_flower_lists_experiment_tasks_as_success(flower: str, fake_llm: FakeLLM
     assert {t["name"] for t in ours} == {"evalq.run_item"}
     # Task arguments carry ids only: no prompts, no keys.
     assert all("sk-" not in str(t.get("args")) + str(t.get("kwargs")) for t in ours)
+
+
+def test_secrets_never_leave_the_environment(flower: str, distributed: WorkerProcess,
+                                             fake_llm: FakeLLM, redis_url: str, pg_url: str,
+                                             tmp_path: Path):
+    """The provider key (set for every process by conftest) must not appear in task
+    arguments, Flower, the broker, the database, logs or reports — even when the provider
+    echoes it back in an error message."""
+    import redis
+    import sqlalchemy as sa
+
+    from scheduler.report import experiment_report, load_items
+
+    secret = os.environ["OPENAI_API_KEY"]
+    assert secret.startswith("sk-evalq-test")
+    rows = [{"id": f"s{i}", "input": f"secret test {i}", "expected": f"secret test {i}"}
+            for i in range(4)]
+    fake_llm.script([{"match": "secret test 3", "status": 401,
+                      "message": f"Incorrect API key provided: {secret}"}])
+    exp_id = enqueue_offline_run(dataset=write_jsonl(tmp_path / "s.jsonl", rows),
+                                 model="openai/fake", api_base=fake_llm.base_url)
+    report = wait_for_experiment(exp_id, timeout=60)
+    assert report["counts"]["failed"] == 1  # the 401 was recorded as an error
+    places: dict[str, str] = {}
+    status, body = _get(f"{flower}/api/tasks?limit=1000")
+    assert status == 200
+    places["flower /api/tasks"] = body.decode()
+    places["worker log"] = distributed.output()
+    places["report"] = json.dumps(experiment_report(exp_id))
+    from scheduler.html_report import render_experiment_html
+    from scheduler.junit import write_junit
+
+    data, (_, _, item_rows) = experiment_report(exp_id), load_items(exp_id)
+    places["html report"] = render_experiment_html(data, item_rows)
+    write_junit(data, item_rows, tmp_path / "junit.xml")
+    places["junit"] = (tmp_path / "junit.xml").read_text()
+    broker = redis.Redis.from_url(redis_url)
+    places["broker"] = " ".join(str(broker.dump(k)) for k in broker.scan_iter())
+    engine = sa.create_engine(pg_url)
+    with engine.connect() as conn:
+        tables = [r[0] for r in conn.exec_driver_sql(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        places["database"] = " ".join(
+            " ".join(conn.exec_driver_sql(f'SELECT row_to_json(t)::text FROM "{t}" t')
+                     .scalars().all())
+            for t in tables)
+    engine.dispose()
+    assert "Incorrect API key provided: ***" in places["database"]  # kept, key masked
+    leaked = [where for where, text in places.items() if secret in text]
+    assert leaked == [], f"the provider key leaked into: {leaked}"
