@@ -1,0 +1,78 @@
+"""Process helpers for the benchmarks: CPU time and peak RSS from /proc, services."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (and its reaped children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = (int(fields[i]) for i in (11, 12, 13, 14))
+    return (utime + stime + cutime + cstime) / _TICKS
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set size (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    model = next((line.split(":", 1)[1].strip()
+                  for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "unknown")
+    mem = next((int(line.split()[1]) // 1024 for line in
+                Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")), 0)
+    return {"cpus": os.cpu_count(), "cpu_model": model, "memory_mb": mem,
+            "python": sys.version.split()[0]}
+
+
+def create_pg_database(admin_url: str) -> str:
+    """A fresh PostgreSQL database for one benchmark run; returns its SQLAlchemy URL."""
+    import psycopg
+
+    name = f"evalq_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    return f"{base}/{name}"
+
+
+def drop_pg_database(admin_url: str, url: str) -> None:
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def start_worker(env: dict[str, str], concurrency: int, name: str, log: Path
+                 ) -> subprocess.Popen[bytes]:
+    """The Procfile's worker command (threads pool, all queues, events on)."""
+    cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "threads",
+           "--concurrency", str(concurrency), "--queues",
+           "evalq.offline,evalq.online,evalq.control", "--events", "--loglevel", "INFO",
+           "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle"]
+    handle = log.open("wb")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if "ready." in log.read_text(errors="replace"):
+            return proc
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited: {log.read_text()[-2000:]}")
+        time.sleep(0.2)
+    raise RuntimeError("worker not ready after 90 s")
