@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+PG_ADMIN = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -59,11 +60,13 @@ def drop_pg_database(admin_url: str, url: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def start_worker(env: dict[str, str], concurrency: int, name: str, log: Path
-                 ) -> subprocess.Popen[bytes]:
-    """The Procfile's worker command (threads pool, all queues, events on)."""
+def start_worker(env: dict[str, str], concurrency: int, name: str, log: Path,
+                 threads: int = 8) -> subprocess.Popen[bytes]:
+    """The Procfile's worker command (threads pool, all queues, events on), with
+    `concurrency` model calls in flight (EVALQ_MODEL_CONCURRENCY)."""
+    env = {**env, "EVALQ_MODEL_CONCURRENCY": str(concurrency)}
     cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "threads",
-           "--concurrency", str(concurrency), "--queues",
+           "--concurrency", str(threads), "--queues",
            "evalq.offline,evalq.online,evalq.control", "--events", "--loglevel", "INFO",
            "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle"]
     handle = log.open("wb")

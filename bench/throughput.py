@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.procs import (
+    PG_ADMIN,
     REPO,
     cpu_seconds,
     create_pg_database,
@@ -32,8 +33,6 @@ from bench.procs import (
 )
 from tests.fakellm import FakeLLM
 from tests.support import RedisServer
-
-PG_ADMIN = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def write_dataset(path: Path, n: int) -> Path:

@@ -189,32 +189,58 @@ def record_item_outcome(
 ) -> bool:
     """Write one (item, repeat)'s Result and Scores, and finalize the experiment if it was
     the last one. Idempotent. Returns True only for the call that finalized it."""
-    result_id, previous = upsert_result(session=session, result_in=result_in)
-    upsert_scores(
-        session=session,
-        scores_in=[
-            {**s, "subject_id": result_id, "experiment_id": result_in["experiment_id"]}
-            for s in scores_in
-        ],
-    )
-    d_done, d_failed = _counter_delta(result_in["status"])
-    if previous is not None:
-        old_done, old_failed = _counter_delta(previous)
-        d_done, d_failed = d_done - old_done, d_failed - old_failed
-    experiment_id = result_in["experiment_id"]
+    return record_outcomes(session=session, experiment_id=result_in["experiment_id"],
+                           outcomes=[(result_in, scores_in)])
+
+
+def record_outcomes(
+    *, session: Session, experiment_id: int,
+    outcomes: Sequence[tuple[dict[str, Any], Sequence[dict[str, Any]]]],
+) -> bool:
+    """Write several (item, repeat)s' Results and Scores in this transaction: one
+    multi-row insert for new Results, an upsert for those that exist (a redelivery, a
+    rerun), one multi-row score upsert, one counter update. Finalizes the experiment if
+    this completed it; returns True only for the call that finalized it."""
+    if not outcomes:
+        return False
+    now = utcnow()
+    rows = [{**r, "created_at": now, "updated_at": now} for r, _ in outcomes]
+    inserted = session.execute(
+        _insert(session, Result).values(rows)
+        .on_conflict_do_nothing(index_elements=["experiment_id", "item_id", "repeat"])
+        .returning(col(Result.id), col(Result.item_id), col(Result.repeat))
+    ).all()
+    new_ids = {(r[1], r[2]): r[0] for r in inserted}
+    d_done = d_failed = 0
     spent = 0.0
-    if previous is None:  # running spend, for the budget; exact totals at finalization
-        spent = float(result_in.get("cost_usd") or 0.0) + sum(
-            float(s.get("judge_cost_usd") or 0.0) for s in scores_in)
+    score_rows: list[dict[str, Any]] = []
+    for result_in, scores_in in outcomes:
+        key = (result_in["item_id"], result_in["repeat"])
+        previous: str | None = None
+        if key in new_ids:
+            result_id = new_ids[key]
+        else:
+            result_id, previous = upsert_result(session=session, result_in=result_in)
+        done, failed = _counter_delta(result_in["status"])
+        if previous is not None:
+            old_done, old_failed = _counter_delta(previous)
+            done, failed = done - old_done, failed - old_failed
+        else:  # running spend, for the budget; exact totals at finalization
+            spent += float(result_in.get("cost_usd") or 0.0) + sum(
+                float(s.get("judge_cost_usd") or 0.0) for s in scores_in)
+        d_done, d_failed = d_done + done, d_failed + failed
+        score_rows += [{**s, "subject_id": result_id, "experiment_id": experiment_id}
+                       for s in scores_in]
+    upsert_scores(session=session, scores_in=score_rows)
     row = session.execute(
         sa.update(Experiment)
         .where(col(Experiment.id) == experiment_id)
         .values(n_done=Experiment.n_done + d_done, n_failed=Experiment.n_failed + d_failed,
                 cost_usd=Experiment.cost_usd + spent)
-        .returning(Experiment.n_done, Experiment.n_failed, Experiment.total_items,  # type: ignore[call-overload]
-                   Experiment.status)
+        .returning(col(Experiment.n_done), col(Experiment.n_failed),
+                   col(Experiment.total_items))
     ).one()
-    if row.n_done + row.n_failed < row.total_items:
+    if row[0] + row[1] < row[2]:
         return False
     return finalize_experiment(session=session, experiment_id=experiment_id)
 

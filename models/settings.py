@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     concurrency: int = Field(
         16, ge=1, le=1024, description="Embedded mode: items evaluated at once."
     )
+    model_concurrency: int = Field(
+        32, ge=1, le=4096, description="Worker process: target calls in flight at once "
+        "(total concurrency = worker processes x this)."
+    )
+    chunk_size: int = Field(
+        16, ge=1, le=500, description="(item, repeat)s per task. 1 = one task per item."
+    )
     max_attempts: int = Field(
         6, ge=1, le=50, description="Model call attempts per item (first try included)."
     )

@@ -151,18 +151,33 @@ def _shipped_names() -> list[str]:
 def dispatch(experiment_id: int, task: str, calls: list[tuple], *,
              kwargs: dict[str, Any] | None = None) -> None:
     """Run `task` for every argument tuple: enqueued to the broker (distributed) or on a
-    thread pool of this process (embedded). Call after the rows it needs are committed."""
+    thread pool of this process (embedded). Call after the rows it needs are committed.
+
+    (experiment, item, repeat) calls of evalq.run_item are grouped into evalq.run_items
+    chunks of EVALQ_CHUNK_SIZE (one per item when the experiment has a cost budget)."""
     settings = get_settings()
+    extra = kwargs or {}
+    if task == "evalq.run_item":
+        size = 1 if _has_budget(experiment_id) else settings.chunk_size
+        pairs = [[c[1], c[2]] for c in calls]
+        task = "evalq.run_items"
+        calls = [(experiment_id, pairs[i:i + size]) for i in range(0, len(pairs), size)]
     if settings.embedded:
-        from workers.execution import execute_item
+        from workers.chunks import execute_chunk
         from workers.rescore import rescore_result
 
-        local: Callable[..., Any] = execute_item if task == "evalq.run_item" else rescore_result
-        extra = kwargs or {}
-        embedded.start(experiment_id, lambda *a: local(*a, **extra), calls,
-                       settings.concurrency)
+        local: Callable[..., Any] = execute_chunk if task == "evalq.run_items" else rescore_result
+        chunk = max(len(c[1]) for c in calls) if task == "evalq.run_items" and calls else 1
+        threads = max(1, min(64, (2 if chunk > 1 else 1) * settings.concurrency // chunk))
+        embedded.start(experiment_id, lambda *a: local(*a, **extra), calls, threads)
     else:
-        _send(experiment_id, task, calls, kwargs or {})
+        _send(experiment_id, task, calls, extra)
+
+
+def _has_budget(experiment_id: int) -> bool:
+    with session_scope() as session:
+        return get_experiment(session=session, experiment_id=experiment_id).max_cost_usd \
+            is not None
 
 
 def _send(experiment_id: int, task: str, calls: list[tuple], kwargs: dict[str, Any]) -> None:

@@ -180,14 +180,11 @@ def tick_now(name: str | None = None, *, force: bool = True) -> dict[str, Any]:
         scored = sum(score_claim(c) == "scored" for c in pending)
         return {"claimed": sum(len(c.claim_ids) for c in claims), "scored": scored}
     from workers.celery_app import app, sync_broker_url
+    from workers.online import tick_and_enqueue
 
     sync_broker_url()
-
-    def enqueue(claim_id: int) -> None:
-        app.send_task("evalq.score_run", args=(claim_id,))
-
     try:
-        claims = tick(evaluator_ids=ids, force=force, enqueue=enqueue)
+        claimed = tick_and_enqueue(app, evaluator_ids=ids, force=force)
     except WorkerError as exc:
         raise InputError(str(exc)) from None
-    return {"claimed": sum(len(c.claim_ids) for c in claims), "enqueued": True}
+    return {"claimed": claimed, "enqueued": True}

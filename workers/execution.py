@@ -92,22 +92,32 @@ def load_plan(experiment_id: int, config_version: int = 0) -> Plan:
     return plan
 
 
+def cached_case(item_id: int) -> Case | None:
+    """A test case from this process's cache, if there."""
+    return _cases.get((get_settings().database_url, item_id))
+
+
+def cache_case(item: DatasetItem) -> Case:
+    """The Case of a dataset row, remembered (dataset items are immutable)."""
+    assert item.id is not None
+    case = Case(item.id, item.key, item.input, item.expected, dict(item.meta or {}),
+                tuple(item.assertions or ()), tuple(item.tools) if item.tools else None)
+    with _cache_lock:
+        if len(_cases) >= _MAX_CACHED_CASES:
+            _cases.clear()
+        _cases[(get_settings().database_url, item.id)] = case
+    return case
+
+
 def load_case(item_id: int) -> Case:
     """The test case (cached: dataset items are immutable)."""
-    key = (get_settings().database_url, item_id)
-    case = _cases.get(key)
+    case = cached_case(item_id)
     if case is None:
         with session_scope() as session:
             item = session.get(DatasetItem, item_id)
             if item is None:
                 raise WorkerError(f"dataset item {item_id} does not exist in this database")
-            case = Case(item_id, item.key, item.input, item.expected, dict(item.meta or {}),
-                        tuple(item.assertions or ()),
-                        tuple(item.tools) if item.tools else None)
-        with _cache_lock:
-            if len(_cases) >= _MAX_CACHED_CASES:
-                _cases.clear()
-            _cases[key] = case
+            case = cache_case(item)
     return case
 
 

@@ -110,3 +110,31 @@ def score_claim(claim_id: int) -> str:
         ])
         mark_claim_done(session=session, claim_id=claim_id, now=utcnow())
     return "scored"
+
+
+SCORE_CHUNK = 50
+
+
+def tick_and_enqueue(app: Any, *, evaluator_ids: list[int] | None = None,
+                     force: bool = False) -> int:
+    """One tick, then the claimed runs sent to the workers as evalq.score_runs chunks
+    through one producer connection. Returns how many runs were claimed."""
+    claimed: list[int] = []
+    tick(evaluator_ids=evaluator_ids, force=force, enqueue=claimed.append)
+    if claimed:
+        with app.producer_or_acquire() as producer:
+            for start in range(0, len(claimed), SCORE_CHUNK):
+                app.send_task("evalq.score_runs", args=(claimed[start:start + SCORE_CHUNK],),
+                              producer=producer)
+    return len(claimed)
+
+
+def score_claims(claim_ids: list[int]) -> dict[str, int]:
+    """Score several claims at once (judge calls overlap); each is idempotent on its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    counts: dict[str, int] = {}
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(claim_ids)))) as pool:
+        for status in pool.map(score_claim, claim_ids):
+            counts[status] = counts.get(status, 0) + 1
+    return counts

@@ -29,13 +29,22 @@ def _countdown(retries: int) -> float:
           max_retries=3)
 def online_tick(self: Task) -> int:
     """Claim the next sampled batch of every due online evaluator; enqueue their scoring."""
-    from workers.online import tick
-
-    def enqueue(claim_id: int) -> None:
-        app.send_task("evalq.score_run", args=(claim_id,))
+    from workers.online import tick_and_enqueue
 
     try:
-        return sum(len(c.claim_ids) for c in tick(enqueue=enqueue))
+        return tick_and_enqueue(app)
+    except DB_TRANSIENT as exc:
+        raise self.retry(exc=exc, countdown=_countdown(self.request.retries)) from exc
+
+
+@app.task(name="evalq.score_runs", bind=True, acks_late=True, reject_on_worker_lost=True,
+          max_retries=20)
+def score_runs(self: Task, claim_ids: list[int]) -> dict[str, int]:
+    """Score a chunk of claimed production runs (their scorers run together)."""
+    from workers.online import score_claims
+
+    try:
+        return score_claims(claim_ids)
     except DB_TRANSIENT as exc:
         raise self.retry(exc=exc, countdown=_countdown(self.request.retries)) from exc
 
@@ -61,6 +70,22 @@ def rescore_result(self: Task, experiment_id: int, result_id: int) -> str:
     try:
         return rescore(experiment_id, result_id)
     except DB_TRANSIENT as exc:
+        raise self.retry(exc=exc, countdown=_countdown(self.request.retries)) from exc
+
+
+@app.task(name="evalq.run_items", bind=True, acks_late=True, reject_on_worker_lost=True,
+          max_retries=20)
+def run_items(self: Task, experiment_id: int, pairs: list[list[int]], force: bool = False,
+              config: int = 0) -> dict[str, int]:
+    """Evaluate a chunk of (dataset item, repeat)s of an experiment: the model calls run
+    together, Results and Scores are stored in one transaction."""
+    from workers.chunks import execute_chunk
+
+    try:
+        return execute_chunk(experiment_id, pairs, force=force, config=config)
+    except DB_TRANSIENT as exc:
+        log.warning("database error on experiment %s chunk of %d: %s; retrying",
+                    experiment_id, len(pairs), type(exc).__name__)
         raise self.retry(exc=exc, countdown=_countdown(self.request.retries)) from exc
 
 

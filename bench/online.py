@@ -1,0 +1,108 @@
+"""Online benchmark: a production-run table with 1,000,000 rows in PostgreSQL; the time of
+one tick claiming and enqueueing a batch of 1,000, and of the windowed report over 24 h.
+
+    python -m bench.online [--runs 1000000] [--batch 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from bench.procs import PG_ADMIN, REPO, create_pg_database, drop_pg_database, machine
+from tests.support import RedisServer
+
+FILL_RUNS = """
+INSERT INTO production_run (source, external_id, created_at, ingested_at, input, output,
+                            status, meta)
+SELECT 'bench', 'run-' || g, now() - interval '24 hours' + g * (interval '86400 seconds' / :n),
+       now() - interval '1 minute', to_jsonb('question ' || g), to_jsonb('answer ' || g),
+       'COMPLETE', jsonb_build_object('env', CASE WHEN g % 2 = 0 THEN 'prod' ELSE 'dev' END)
+FROM generate_series(1, :n) AS g
+"""
+FILL_SCORES = """
+INSERT INTO score (subject_type, subject_id, evaluator_id, scorer, scorer_version, value,
+                   passed, judge_cost_usd, judge_tokens, created_at, subject_at)
+SELECT 'run', r.id, :ev, 'contains', '1', (r.id % 10) / 10.0, r.id % 10 >= 5, 0, 0, now(),
+       r.created_at
+FROM production_run r
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=5, help="timed ticks and reports")
+    args = parser.parse_args()
+    redis = RedisServer.start()
+    db_url = create_pg_database(PG_ADMIN)
+    os.environ.update(EVALQ_DATABASE_URL=db_url, EVALQ_BROKER_URL=redis.url,
+                      EVALQ_INGEST_SETTLE_S="0")
+    results: dict[str, Any] = {"when": datetime.now(UTC).isoformat(), "machine": machine(),
+                               "runs": args.runs, "batch": args.batch}
+    try:
+        results.update(measure(args))
+    finally:
+        from models.db import dispose_engines
+
+        dispose_engines()
+        drop_pg_database(PG_ADMIN, db_url)
+        redis.stop()
+    print(json.dumps(results, indent=1))
+    out = REPO / "bench" / "results" / f"online-{int(time.time())}.json"
+    out.write_text(json.dumps(results, indent=1))
+    print(f"written to {out.relative_to(REPO)}")
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    import sqlalchemy as sa
+
+    from models.db import get_engine
+    from models.migrate import upgrade
+    from scheduler.online import add_evaluator
+    from scheduler.online_report import online_report
+    from workers.celery_app import app, sync_broker_url
+    from workers.online import tick_and_enqueue
+
+    upgrade()
+    sync_broker_url()
+    engine = get_engine()
+    t0 = time.perf_counter()
+    with engine.begin() as conn:
+        conn.execute(sa.text(FILL_RUNS), {"n": args.runs})
+        conn.exec_driver_sql("ANALYZE production_run")
+    fill_s = time.perf_counter() - t0
+    add_evaluator("bench", scorers=[{"type": "contains", "value": "answer"}],
+                  sample_rate=0.5, batch_size=args.batch, backfill_since="25h")
+    ticks = []
+    for _ in range(args.repeat):
+        t = time.perf_counter()
+        claimed = tick_and_enqueue(app, force=True)
+        ticks.append((time.perf_counter() - t) * 1000)
+        assert claimed == args.batch, claimed
+    with engine.begin() as conn:
+        ev_id = conn.exec_driver_sql("SELECT id FROM online_evaluator").scalar_one()
+        conn.execute(sa.text(FILL_SCORES), {"ev": ev_id})
+        conn.exec_driver_sql("ANALYZE score")
+    reports = []
+    for _ in range(args.repeat):
+        t = time.perf_counter()
+        data = online_report("bench", window_s=3600, since=None)
+        reports.append((time.perf_counter() - t) * 1000)
+    scored = sum(s["n"] for w in data["windows"] for s in w["scorers"].values())
+    return {"fill_runs_s": round(fill_s, 2), "tick_claim_enqueue_ms": [round(x, 1) for x in ticks],
+            "tick_median_ms": round(statistics.median(ticks), 1),
+            "report_24h_ms": [round(x, 1) for x in reports],
+            "report_median_ms": round(statistics.median(reports), 1),
+            "report_windows": len(data["windows"]), "report_scores": scored}
+
+
+if __name__ == "__main__":
+    main()
