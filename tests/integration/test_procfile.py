@@ -30,7 +30,7 @@ def test_honcho_start_runs_worker_beat_and_flower(redis_url: str, pg_url: str,
     env = {**os.environ, "EVALQ_BROKER_URL": redis_url, "EVALQ_DATABASE_URL": pg_url,
            "FLOWER_BASIC_AUTH": "ops:secret-pw", "FLOWER_PORT": str(free_port()),
            "EVALQ_BEAT_SCHEDULE": str(tmp_path / "beat"), "EVALQ_TICK_INTERVAL_S": "1",
-           "EVALQ_INGEST_SETTLE_S": "0", "EVALQ_WORKER_CONCURRENCY": "8",
+           "EVALQ_INGEST_SETTLE_S": "0", "EVALQ_WORKER_THREADS": "4",
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     assert _evalq(env, "db", "upgrade").returncode == 0
     truncate_all(pg_url)
