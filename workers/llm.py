@@ -1,8 +1,11 @@
-"""Model calls through litellm, with one tenacity retry policy.
+"""Model calls through litellm, with one tenacity retry policy and a shared rate limit.
 
 litellm's own retries are off; we retry only what may succeed next time (rate
 limits, timeouts, connection errors, 5xx), honour Retry-After, and fail fast on
 everything else (bad request, auth, not found, context window).
+
+Every attempt first acquires from the model's shared rate limit (workers.ratelimit);
+a 429 with Retry-After pauses the model for every worker before tenacity sleeps.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from tenacity import (
 )
 
 from models.settings import Settings
+from workers.ratelimit import RateLimiter, estimate_tokens, limiter_for
 
 log = logging.getLogger(__name__)
 _configured = False
@@ -175,13 +179,50 @@ def _tool_calls(message: Any) -> list[dict[str, Any]] | None:
     ]
 
 
+_unpriced: set[str] = set()
+
+
 def _cost(litellm: Any, response: Any, model: str) -> tuple[float, bool]:
+    """The call's cost in USD, and whether litellm knows the model's price. litellm has
+    usually computed it already (hidden params); a model without a price is remembered so
+    the (slow) failed lookup is not repeated on every call."""
     if model.startswith("evalq/"):
         return 0.0, True  # the built-in toy model is free
+    known = (getattr(response, "_hidden_params", None) or {}).get("response_cost")
+    if known is not None:
+        return float(known), True
+    if model in _unpriced:
+        return 0.0, False
     try:
         return float(litellm.completion_cost(completion_response=response, model=model)), True
     except Exception:  # noqa: BLE001 - litellm raises many types for an unknown price
+        _unpriced.add(model)
         return 0.0, False
+
+
+async def _attempt(litellm: Any, limiter: RateLimiter, settings: Settings, *, model: str,
+                   messages: list[dict[str, Any]], estimate: tuple[int, int],
+                   kwargs: dict[str, Any]) -> tuple[Any, float]:
+    """One request: acquire from the rate limit, call, settle the token reservation.
+    Returns (response, latency in ms); a 429's Retry-After pauses the model everywhere."""
+    ticket = await limiter.acquire(model, estimate[1], estimate[0])
+    started = time.perf_counter()
+    try:
+        response = await litellm.acompletion(model=model, messages=messages, num_retries=0,
+                                             **kwargs)
+    except Exception as exc:
+        asked = retry_after_seconds(exc)
+        if asked and isinstance(exc, litellm.RateLimitError):  # first: others are calling
+            await limiter.pause(model, min(asked, settings.retry_max_s))
+        await limiter.release(ticket)
+        raise
+    latency_ms = (time.perf_counter() - started) * 1000
+    if ticket is not None:
+        usage = getattr(response, "usage", None)
+        used = int(getattr(usage, "prompt_tokens", 0) or 0) + int(
+            getattr(usage, "completion_tokens", 0) or 0)
+        await limiter.record_usage(ticket, used or ticket.tokens)
+    return response, latency_ms
 
 
 async def call_model(
@@ -199,14 +240,15 @@ async def call_model(
     if api_base:
         kwargs["api_base"] = api_base
     try:
+        limiter = limiter_for(settings)
+        limited = limiter.limited(model)
+        prompt_est, total_est = estimate_tokens(messages, params) if limited else (0, 0)
         async for attempt in retry_policy(settings):
             with attempt:
                 outcome.attempts = attempt.retry_state.attempt_number
-                started = time.perf_counter()
-                response = await litellm.acompletion(
-                    model=model, messages=messages, num_retries=0, **kwargs
-                )
-                outcome.latency_ms = (time.perf_counter() - started) * 1000
+                response, outcome.latency_ms = await _attempt(
+                    litellm, limiter, settings, model=model, messages=messages,
+                    estimate=(prompt_est, total_est), kwargs=kwargs)
     except Exception as exc:  # noqa: BLE001 - every model failure becomes a Result error
         outcome.error = redact(str(exc))[:4000] or type(exc).__name__
         outcome.error_type = type(exc).__name__
