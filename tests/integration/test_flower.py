@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -80,18 +81,21 @@ def test_flower_lists_experiment_tasks_as_success(flower: str, fake_llm: FakeLLM
                                  model="openai/fake", api_base=fake_llm.base_url)
     wait_for_experiment(exp_id, timeout=60)
     ours: list[dict] = []
+    pairs: set[tuple[int, int]] = set()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        status, body = _get(f"{flower}/api/tasks?taskname=evalq.run_item&limit=1000")
+        status, body = _get(f"{flower}/api/tasks?taskname=evalq.run_items&limit=1000")
         assert status == 200
         tasks = json.loads(body).values()
         ours = [t for t in tasks if str(t.get("args", "")).startswith(f"({exp_id},")]
-        if len(ours) == 5 and all(t["state"] == "SUCCESS" for t in ours):
+        pairs = {(int(i), int(r)) for t in ours
+                 for i, r in re.findall(r"\[(\d+), (\d+)\]", str(t["args"]))}
+        if len(pairs) == 5 and all(t["state"] == "SUCCESS" for t in ours):
             break
         time.sleep(0.5)
-    assert len(ours) == 5, ours
+    assert len(pairs) == 5, ours  # every (item, repeat) of the experiment, in chunk tasks
     assert {t["state"] for t in ours} == {"SUCCESS"}
-    assert {t["name"] for t in ours} == {"evalq.run_item"}
+    assert {t["name"] for t in ours} == {"evalq.run_items"}
     # Task arguments carry ids only: no prompts, no keys.
     assert all("sk-" not in str(t.get("args")) + str(t.get("kwargs")) for t in ours)
 

@@ -220,10 +220,8 @@ def test_beat_and_worker_score_new_runs_without_restart(redis_url: str, pg_url: 
             with session_scope() as s:
                 per_run = Counter(s.exec(select(Score.subject_id)).all())
             assert len(per_run) == 60 and set(per_run.values()) == {1}
-            worker.wait_for("evalq.score_run", 5)
-            assert worker.output().count("Task evalq.score_run[") >= 60 * 2  # received+done
-            done = worker.output().count("] succeeded in")
-            assert done >= 60
+            worker.wait_for("evalq.score_runs", 5)  # claims go to workers in chunks
+            assert worker.output().count("Task evalq.score_runs[") >= 2  # received + done
         finally:
             for beat in beats:
                 beat.terminate()
