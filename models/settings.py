@@ -69,8 +69,8 @@ class Settings(BaseSettings):
         '"tpm": 200000}}. Enforced across every worker process through Redis.',
     )
     soft_shutdown_s: float = Field(
-        30.0, ge=0, description="On SIGTERM a worker finishes running tasks for up to this "
-        "long; what is still running is then requeued."
+        30.0, ge=0, description="Celery's soft-shutdown window on a cold shutdown (SIGQUIT). "
+        "SIGTERM is a warm shutdown: the worker takes no new task and finishes the running ones."
     )
     poll_interval_s: float = Field(
         0.5, gt=0, description="How often `wait_for_experiment` reads progress."

@@ -16,21 +16,46 @@ from workers.queues import Queue
 log = logging.getLogger(__name__)
 
 
+def transport_options(visibility_timeout_s: int) -> dict[str, int]:
+    """kombu's Redis transport options.
+
+    A message a worker took but never acknowledged (the worker died) goes back to its
+    queue once it is `visibility_timeout` seconds old, but only when a live consumer
+    sweeps the unacked set: kombu sweeps every `unacked_restore_interval` seconds and
+    scans Redis on every `unacked_restore_throttle`-th sweep (defaults 10 s x 10, so up
+    to 100 s late). Sweep often enough that the visibility timeout is the only wait.
+    """
+    return {
+        "visibility_timeout": visibility_timeout_s,
+        "unacked_restore_interval": max(1, min(10, visibility_timeout_s // 5)),
+        "unacked_restore_throttle": 1,
+        # A sweep takes milliseconds; a worker killed while holding the sweep's mutex
+        # must not block every other worker's sweeps for kombu's default 5 minutes.
+        "unacked_mutex_expire": 30,
+    }
+
+
 def create_app() -> Celery:
     """A Celery app whose config is derived from Settings."""
     settings = get_settings()
+    sweep_every = float(min(300, max(5, settings.visibility_timeout_s // 4)))
     app = Celery("evalq", include=["workers.tasks"])
     app.conf.update(
         broker_url=settings.broker_url or "memory://",
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,  # a worker outlives any broker outage
+        broker_transport_options=transport_options(settings.visibility_timeout_s),
         broker_pool_limit=64,
         task_default_queue=Queue.OFFLINE.value,
         task_routes={
             "evalq.run_item": {"queue": Queue.OFFLINE.value},
+            "evalq.run_items": {"queue": Queue.OFFLINE.value},
             "evalq.rescore_result": {"queue": Queue.OFFLINE.value},
             "evalq.score_run": {"queue": Queue.ONLINE.value},
+            "evalq.score_runs": {"queue": Queue.ONLINE.value},
             "evalq.online_tick": {"queue": Queue.CONTROL.value},
+            "evalq.sweep_stalled": {"queue": Queue.CONTROL.value},
         },
         # The one periodic entry: the tick reads each evaluator's schedule from the
         # database, so adding an evaluator needs no restart. It expires before the next.
@@ -39,6 +64,11 @@ def create_app() -> Celery:
                 "task": "evalq.online_tick",
                 "schedule": settings.tick_interval_s,
                 "options": {"expires": max(1.0, settings.tick_interval_s * 0.9)},
+            },
+            "evalq-sweep-stalled": {
+                "task": "evalq.sweep_stalled",
+                "schedule": sweep_every,
+                "options": {"expires": sweep_every * 0.9},
             },
         },
         task_acks_late=True,
@@ -50,7 +80,17 @@ def create_app() -> Celery:
         task_send_sent_event=True,
         worker_send_task_events=True,
         worker_prefetch_multiplier=1,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # On a lost broker connection Celery would cancel running late-ack tasks, which
+        # the threads pool cannot do (it logs a traceback per task and they run on). Let
+        # them finish: their Results are written, and a redelivered copy is skipped.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        # Celery's soft shutdown: on a cold shutdown (SIGQUIT, or SIGTERM when the worker
+        # runs with REMAP_SIGTERM=SIGQUIT) running tasks get this long before the rest is
+        # cancelled; a plain SIGTERM is a warm shutdown that waits for them. Waiting on an
+        # idle worker buys nothing: retries held for their countdown go back to Redis when
+        # the worker's connection closes.
+        worker_soft_shutdown_timeout=settings.soft_shutdown_s,
+        worker_enable_soft_shutdown_on_idle=False,
         worker_hijack_root_logger=False,
         enable_utc=True,
     )
@@ -65,6 +105,11 @@ def sync_broker_url() -> None:
     long-lived process or a test), dropping pooled connections to the old broker."""
     url = get_settings().broker_url
     if url and app.conf.broker_url != url:
+        # app.close() forgets the connection pool only: the producer pool that
+        # send_task uses keeps its connections to the old broker unless dropped too.
+        producers, app.amqp._producer_pool = app.amqp._producer_pool, None
+        if producers is not None:
+            producers.force_close_all()
         app.close()
         app.conf.broker_url = url
 

@@ -37,6 +37,15 @@ def online_tick(self: Task) -> int:
         raise self.retry(exc=exc, countdown=_countdown(self.request.retries)) from exc
 
 
+@app.task(name="evalq.sweep_stalled", acks_late=True, reject_on_worker_lost=True)
+def sweep_stalled() -> dict[int, int]:
+    """Re-enqueue the missing items of experiments that stored nothing for longer than the
+    visibility timeout (tasks lost between Redis' BRPOP and its unacked record)."""
+    from workers.sweeper import sweep_stalled as sweep
+
+    return sweep(app)
+
+
 @app.task(name="evalq.score_runs", bind=True, acks_late=True, reject_on_worker_lost=True,
           max_retries=20)
 def score_runs(self: Task, claim_ids: list[int]) -> dict[str, int]:
