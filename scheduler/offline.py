@@ -181,11 +181,11 @@ def _has_budget(experiment_id: int) -> bool:
 
 
 def _send(experiment_id: int, task: str, calls: list[tuple], kwargs: dict[str, Any]) -> None:
-    from workers.celery_app import app, sync_broker_url
+    from workers.celery_app import app
+    from workers.celery_app import producer as broker_producer
 
-    sync_broker_url()
     try:
-        with app.producer_or_acquire() as producer:
+        with broker_producer() as producer:
             for args in calls:
                 app.send_task(task, args=args, kwargs=kwargs or None, producer=producer)
     except Exception as exc:  # noqa: BLE001 - kombu raises many connection error types

@@ -7,6 +7,9 @@ prefetch of one task per pool slot, task events for Flower.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from celery import Celery, signals
 
@@ -101,17 +104,23 @@ app = create_app()
 
 
 def sync_broker_url() -> None:
-    """Point the app at the current EVALQ_BROKER_URL (settings may be reloaded, e.g. in a
-    long-lived process or a test), dropping pooled connections to the old broker."""
+    """Point the app's configuration at the current EVALQ_BROKER_URL (settings may be
+    reloaded, e.g. in a long-lived process or a test). evalq's own sends use `producer()`,
+    which always connects to the current URL."""
     url = get_settings().broker_url
     if url and app.conf.broker_url != url:
-        # app.close() forgets the connection pool only: the producer pool that
-        # send_task uses keeps its connections to the old broker unless dropped too.
-        producers, app.amqp._producer_pool = app.amqp._producer_pool, None
-        if producers is not None:
-            producers.force_close_all()
         app.close()
         app.conf.broker_url = url
+
+
+@contextmanager
+def producer() -> Iterator[Any]:
+    """A kombu producer on a fresh connection to the current EVALQ_BROKER_URL, for
+    sending a batch of tasks (`app.send_task(..., producer=p)`). Independent of Celery's
+    pools, so a broker URL changed since the app was configured is honoured."""
+    url = get_settings().broker_url or app.conf.broker_url
+    with app.connection_for_write(url) as conn, conn.Producer() as p:
+        yield p
 
 
 @signals.worker_init.connect

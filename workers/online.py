@@ -122,7 +122,9 @@ def tick_and_enqueue(app: Any, *, evaluator_ids: list[int] | None = None,
     claimed: list[int] = []
     tick(evaluator_ids=evaluator_ids, force=force, enqueue=claimed.append)
     if claimed:
-        with app.producer_or_acquire() as producer:
+        from workers.celery_app import producer as broker_producer
+
+        with broker_producer() as producer:
             for start in range(0, len(claimed), SCORE_CHUNK):
                 app.send_task("evalq.score_runs", args=(claimed[start:start + SCORE_CHUNK],),
                               producer=producer)

@@ -58,7 +58,9 @@ def sweep_stalled(app: Any, *, now: datetime | None = None,
         if not pairs:
             continue
         size = settings.chunk_size
-        with app.producer_or_acquire() as producer:
+        from workers.celery_app import producer as broker_producer
+
+        with broker_producer() as producer:
             for start in range(0, len(pairs), size):
                 chunk = [[i, r] for i, r in pairs[start:start + size]]
                 app.send_task("evalq.run_items", args=(experiment_id, chunk),

@@ -79,7 +79,8 @@ def test_no_wait_returns_while_workers_run(distributed: WorkerProcess, fake_llm:
 def test_duplicate_deliveries_leave_one_result_and_exact_counts(distributed: WorkerProcess,
                                                                 fake_llm: FakeLLM,
                                                                 tmp_path: Path):
-    from workers import app as celery_app
+    from workers.celery_app import app as celery_app
+    from workers.celery_app import producer
 
     fake_llm.configure(latency_ms=50)
     dataset = _dataset(tmp_path, 12)
@@ -88,9 +89,11 @@ def test_duplicate_deliveries_leave_one_result_and_exact_counts(distributed: Wor
     # Deliver every task a second time, forced, while the first copies are still running.
     from scheduler.offline import dataset_items
 
-    for item_id in sorted(dataset_items(exp_id)):
-        for rep in range(2):
-            celery_app.send_task("evalq.run_item", args=(exp_id, item_id, rep, True))
+    with producer() as p:
+        for item_id in sorted(dataset_items(exp_id)):
+            for rep in range(2):
+                celery_app.send_task("evalq.run_item", args=(exp_id, item_id, rep, True),
+                                     producer=p)
     summary = wait_for_experiment(exp_id, timeout=60)
     assert summary["counts"] == counts(24, done=24, failed=0)
     # Wait until the forced duplicates have run too, then check nothing doubled.
@@ -109,7 +112,8 @@ def test_a_redelivered_task_is_skipped_without_calling_the_model(distributed: Wo
                                                                  fake_llm: FakeLLM,
                                                                  tmp_path: Path):
     from scheduler.offline import dataset_items
-    from workers import app as celery_app
+    from workers.celery_app import app as celery_app
+    from workers.celery_app import producer
 
     exp_id = enqueue_offline_run(dataset=_dataset(tmp_path, 3), model="openai/fake",
                                  api_base=fake_llm.base_url)
@@ -117,7 +121,9 @@ def test_a_redelivered_task_is_skipped_without_calling_the_model(distributed: Wo
     calls = fake_llm.stats()["total"]
     marker = f"skip-{uuid.uuid4().hex[:6]}"
     item_id = next(iter(dataset_items(exp_id)))
-    celery_app.send_task("evalq.run_item", args=(exp_id, item_id, 0), task_id=marker)
+    with producer() as p:
+        celery_app.send_task("evalq.run_item", args=(exp_id, item_id, 0), task_id=marker,
+                             producer=p)
     distributed.wait_for(f"Task evalq.run_item[{marker}] succeeded", 30)
     assert f"[{marker}] succeeded in" in distributed.output()
     assert fake_llm.stats()["total"] == calls
