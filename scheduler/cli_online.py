@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -140,6 +141,9 @@ def report(
     baseline_until: Annotated[str | None, typer.Option(help="Baseline period end.")] = None,
     baseline_experiment: Annotated[int | None, typer.Option(
         help="Use an offline experiment's scores as the baseline.")] = None,
+    html: Annotated[Path | None, typer.Option(
+        help="Also write a self-contained HTML page: each scorer's windowed mean with its "
+        "confidence band, drift marked.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Per window: runs scored, mean per scorer with its 95% CI, pass rate, drift flag."""
@@ -157,6 +161,10 @@ def report(
         since=parse_time(since) if since else None,
         until=parse_time(until) if until else None, baseline=baseline,
     )
+    if html is not None:
+        from scheduler.html_report import render_online_html, write_html
+
+        write_html(html, render_online_html(data))
     if as_json:
         emit_json(data)
         return

@@ -168,7 +168,7 @@ def test_crashed_claims_are_scored_later(db_url, settled):
     assert values == {1.0: 6, 0.0: 2}
 
 
-def test_cli_online_commands_in_embedded_mode(embedded_env, settled):
+def test_cli_online_commands_in_embedded_mode(embedded_env, settled, tmp_path: Path):
     def cli(*args: str) -> str:
         result = runner.invoke(app, list(args))
         assert result.exit_code == 0, result.stderr
@@ -184,6 +184,12 @@ def test_cli_online_commands_in_embedded_mode(embedded_env, settled):
     assert json.loads(cli("online", "tick", "--json"))["claimed"] == 0
     cli("online", "resume", "quality")
     assert json.loads(cli("online", "tick", "--json"))["claimed"] == 4
+    report = json.loads(cli("online", "report", "quality", "--json"))
+    window = report["windows"][-1]["scorers"]["contains"]
+    assert window["n"] == 16 and window["mean"] == pytest.approx(12 / 16)
+    page = tmp_path / "online.html"
+    cli("online", "report", "quality", "--html", str(page))
+    assert 'class="band"' in page.read_text() or "polygon" in page.read_text()
     result = runner.invoke(app, ["online", "add", "quality", "--scorer", "json_valid"])
     assert result.exit_code == 2 and "exists already" in result.stderr
     result = runner.invoke(app, ["online", "add", "x", "--scorer", "nope"])
