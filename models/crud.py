@@ -386,3 +386,18 @@ def spent_usd(*, session: Session, experiment_id: int) -> float:
     return float(session.execute(
         sa.select(col(Experiment.cost_usd) + col(Experiment.judge_cost_usd))
         .where(col(Experiment.id) == experiment_id)).scalar_one())
+
+
+def headline_scores(*, session: Session, experiment_ids: Sequence[int]
+                    ) -> dict[int, dict[str, float]]:
+    """Mean score per scorer label of each experiment (one grouped query)."""
+    rows = session.execute(
+        sa.select(col(Score.experiment_id), col(Score.scorer), sa.func.avg(Score.value))
+        .where(col(Score.experiment_id).in_(list(experiment_ids)))
+        .group_by(col(Score.experiment_id), col(Score.scorer))
+    ).all()
+    out: dict[int, dict[str, float]] = {}
+    for exp_id, label, mean in rows:
+        if mean is not None:
+            out.setdefault(exp_id, {})[label] = round(float(mean), 4)
+    return out

@@ -169,16 +169,27 @@ def list_(
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
 ) -> None:
-    """The newest experiments of the database."""
-    from models.crud import list_experiments
+    """The newest experiments: name, dataset version, model, status, headline scores,
+    cost, created."""
+    from sqlmodel import col, select
+
+    from models.crud import headline_scores, list_experiments
     from models.db import session_scope
+    from models.tables import Dataset
 
     with session_scope() as session:
+        experiments = list_experiments(session=session, limit=limit)
+        scores = headline_scores(session=session,
+                                 experiment_ids=[e.id for e in experiments if e.id])
+        versions = {d.id: f"{d.name}@{d.version[:8]}" for d in session.exec(
+            select(Dataset).where(col(Dataset.id).in_({e.dataset_id for e in experiments})))}
         rows = [
-            {"id": e.id, "name": e.name, "model": e.model, "status": e.status,
-             "done": e.n_done, "failed": e.n_failed, "total": e.total_items,
+            {"id": e.id, "name": e.name, "dataset": versions.get(e.dataset_id),
+             "model": e.model, "status": e.status, "done": e.n_done, "failed": e.n_failed,
+             "total": e.total_items, "scores": scores.get(e.id or 0, {}),
+             "cost_usd": round(e.cost_usd + e.judge_cost_usd, 6),
              "created_at": e.created_at.isoformat()}
-            for e in list_experiments(session=session, limit=limit)
+            for e in experiments
         ]
     emit_json(rows) if as_json else render.print_experiments(rows)
 

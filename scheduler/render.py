@@ -93,11 +93,14 @@ def _print_breakdown(by: dict[str, Any]) -> None:
 def print_experiments(rows: list[dict[str, Any]]) -> None:
     """A table of experiments, newest first."""
     table = Table(title="Experiments")
-    for name in ("id", "name", "model", "status", "done", "failed", "total", "created"):
+    for name in ("id", "name", "dataset", "model", "status", "done/total", "scores", "cost",
+                 "created"):
         table.add_column(name)
     for r in rows:
-        table.add_row(str(r["id"]), r["name"], r["model"], r["status"], str(r["done"]),
-                      str(r["failed"]), str(r["total"]), r["created_at"][:19])
+        scores = ", ".join(f"{k} {v:.2f}" for k, v in list(r["scores"].items())[:3])
+        table.add_row(str(r["id"]), r["name"], r["dataset"] or "—", r["model"], r["status"],
+                      f"{r['done']}/{r['total']}", scores or "—", f"${r['cost_usd']:.4f}",
+                      r["created_at"][:16])
     out.print(table)
 
 

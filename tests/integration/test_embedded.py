@@ -80,7 +80,9 @@ def test_cli_human_report_and_status(embedded_env, fake_llm: FakeLLM, tmp_path: 
     code, out, _ = _run("status", "1")
     assert code == 0 and "completed" in out and "2 done" in out
     code, out, _ = _run("list", "--json")
-    assert json.loads(out)[0]["status"] == "completed"
+    listed = json.loads(out)[0]
+    assert listed["status"] == "completed" and listed["dataset"].startswith("d@")
+    assert listed["scores"] == {"exact_match": 0.5} and listed["cost_usd"] == 0.0
 
 
 def test_permanent_model_errors_are_recorded_not_crashing(embedded_env, fake_llm: FakeLLM,
