@@ -109,7 +109,10 @@ def retry_after_seconds(exc: BaseException | None) -> float | None:
 
 def make_wait(settings: Settings) -> Callable[[RetryCallState], float]:
     """Exponential backoff with jitter, or the server's Retry-After (capped)."""
-    backoff = wait_exponential_jitter(initial=settings.retry_initial_s, max=settings.retry_max_s)
+    # Jitter in proportion to the first backoff (tenacity's default adds up to 1 s to
+    # every wait, which at a 0.1 s initial backoff would dominate it).
+    backoff = wait_exponential_jitter(initial=settings.retry_initial_s, max=settings.retry_max_s,
+                                      jitter=settings.retry_initial_s)
 
     def wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
