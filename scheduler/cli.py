@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -322,6 +323,10 @@ register_experiment_commands(app)
 
 def main() -> None:
     """Console entry point."""
+    # Like `python -m` and `celery -A`: --target and module:function scorers may name
+    # modules of the current directory.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     from models.settings import get_settings
 
     logging.basicConfig(level=get_settings().log_level.upper(),

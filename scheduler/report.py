@@ -108,6 +108,8 @@ def scorer_stats(rows: list[ItemRow], label: str) -> dict[str, Any]:
     scored = [r.scores[label] for r in rows if label in r.scores]
     values = [s["value"] for s in scored if s["value"] is not None]
     mean, low, high = mean_ci(values)
+    if low is not None and high is not None:  # scores live in [0, 1]
+        low, high = max(0.0, low), min(1.0, high)
     stderr = (statistics.stdev(values) / math.sqrt(len(values))) if len(values) > 1 else None
     passed = sum(1 for s in scored if s["value"] is not None and s["passed"])
     out: dict[str, Any] = {

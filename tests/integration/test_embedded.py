@@ -250,3 +250,21 @@ def test_ci_gate_exit_codes_junit_and_regression(embedded_env, fake_llm: FakeLLM
     assert code == 2
     code, _, err = _run(*base, "--fail-on-regression")
     assert code == 2 and "--baseline" in err
+
+
+def test_console_script_imports_targets_from_the_current_directory(embedded_env):
+    """`evalq` (the installed entry point, not `python -m`) finds tests.agents from the
+    repository root, as the README's agent example runs it."""
+    import subprocess
+    import sys
+
+    evalq = Path(sys.executable).parent / "evalq"
+    assert evalq.exists(), "pip install -e . installs the evalq console script"
+    done = subprocess.run([str(evalq), "run", "steel_thread", "--target",
+                           "tests.agents:weather_agent", "--json"],
+                          cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)["report"]
+    assert report["counts"]["done"] == 4
+    assert report["scorers"]["assert:outcome"]["ci_low"] >= 0.0  # clipped to [0, 1]
