@@ -63,6 +63,18 @@ class Settings(BaseSettings):
         description="Redis visibility timeout: a task not acknowledged this long after it was "
         "delivered (its worker died) is delivered again. Keep it above the longest task.",
     )
+    heartbeat_s: float = Field(
+        2.0, gt=0, le=60, description="How often a worker writes its heartbeat to the database "
+        "and sweeps for lost work (tasks of dead workers, messages a broker lost)."
+    )
+    worker_dead_after_s: float = Field(
+        15.0, ge=3, le=3600, description="A worker whose heartbeat is older than this is dead: "
+        "the tasks it held are enqueued again. Recovery after a crash takes about this long."
+    )
+    max_task_attempts: int = Field(
+        5, ge=1, le=100, description="Deliveries of one task whose worker died before it "
+        "finished (crash, OOM, kill); after that its items are stored as errors."
+    )
     rate_limits: dict[str, dict[str, float]] = Field(
         default_factory=dict,
         description='Shared rate limits per model, JSON: {"openai/gpt-4o-mini": {"rpm": 600, '

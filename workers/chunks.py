@@ -21,7 +21,7 @@ from models.crud import record_outcomes
 from models.db import session_scope
 from models.settings import Settings, get_settings
 from models.tables import DatasetItem, Result, ResultStatus
-from workers import aio
+from workers import aio, failfast
 from workers.execution import (
     Case,
     Plan,
@@ -96,6 +96,8 @@ def execute_chunk(experiment_id: int, pairs: Sequence[Sequence[int]], *, force: 
         todo = [p for p in todo if p not in have]
     if not todo:
         return {"skipped": skipped}
+    if failfast.experiment_stopped(experiment_id):
+        return {"skipped": skipped, "stopped": len(todo)}
     plan = load_plan(experiment_id, config)
     cases = load_cases([i for i, _ in todo])
     work = [(cases[i], r) for i, r in todo]
@@ -114,6 +116,8 @@ def execute_chunk(experiment_id: int, pairs: Sequence[Sequence[int]], *, force: 
         rows.append((row, scores))
     with session_scope() as session:
         record_outcomes(session=session, experiment_id=experiment_id, outcomes=rows)
+    if any(row["status"] == ResultStatus.ERROR.value for row, _ in rows):
+        failfast.after_chunk(experiment_id)
     counts: dict[str, int] = {"skipped": skipped}
     for row, _ in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
