@@ -3,6 +3,7 @@
 Imports neither Celery nor litellm.
 """
 
+import models.leases  # noqa: F401  (registers the lease tables)
 from models.db import get_engine, safe_url, session_scope
 from models.errors import DatabaseNotMigrated, DatabaseUnavailable, NotFound, StorageError
 from models.settings import Settings, get_settings, reset_settings

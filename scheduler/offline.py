@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from sqlmodel import Session
+
 from models.crud import (
     create_experiment,
     dataset_item_ids,
@@ -149,9 +151,12 @@ def _shipped_names() -> list[str]:
 
 
 def dispatch(experiment_id: int, task: str, calls: list[tuple], *,
-             kwargs: dict[str, Any] | None = None) -> None:
+             kwargs: dict[str, Any] | None = None, start: bool = False) -> None:
     """Run `task` for every argument tuple: enqueued to the broker (distributed) or on a
     thread pool of this process (embedded). Call after the rows it needs are committed.
+    `start`: mark the experiment running (distributed: in the transaction that stores the
+    tasks' leases, so a producer killed mid-enqueue leaves a pending experiment to resume
+    or a running one whose every task is leased).
 
     (experiment, item, repeat) calls of evalq.run_item are grouped into evalq.run_items
     chunks of EVALQ_CHUNK_SIZE (one per item when the experiment has a cost budget)."""
@@ -166,12 +171,16 @@ def dispatch(experiment_id: int, task: str, calls: list[tuple], *,
         from workers.chunks import execute_chunk
         from workers.rescore import rescore_result
 
+        if start:
+            with session_scope() as session:
+                mark_experiment(session=session, experiment_id=experiment_id,
+                                status=ExperimentStatus.RUNNING)
         local: Callable[..., Any] = execute_chunk if task == "evalq.run_items" else rescore_result
         chunk = max(len(c[1]) for c in calls) if task == "evalq.run_items" and calls else 1
         threads = max(1, min(64, (2 if chunk > 1 else 1) * settings.concurrency // chunk))
         embedded.start(experiment_id, lambda *a: local(*a, **extra), calls, threads)
     else:
-        _send(experiment_id, task, calls, extra)
+        _send(experiment_id, task, calls, extra, start)
 
 
 def _has_budget(experiment_id: int) -> bool:
@@ -180,21 +189,33 @@ def _has_budget(experiment_id: int) -> bool:
             is not None
 
 
-def _send(experiment_id: int, task: str, calls: list[tuple], kwargs: dict[str, Any]) -> None:
-    from workers.celery_app import app
-    from workers.celery_app import producer as broker_producer
+def _send(experiment_id: int, task: str, calls: list[tuple], kwargs: dict[str, Any],
+          start: bool) -> None:
+    from workers.dispatch import send_tasks
+
+    def mark_running(session: Session) -> None:
+        if start:
+            mark_experiment(session=session, experiment_id=experiment_id,
+                            status=ExperimentStatus.RUNNING)
 
     try:
-        with broker_producer() as producer:
-            for args in calls:
-                app.send_task(task, args=args, kwargs=kwargs or None, producer=producer)
+        send_tasks(task, calls, kwargs=kwargs, experiment_id=experiment_id,
+                   before_commit=mark_running)
     except Exception as exc:  # noqa: BLE001 - kombu raises many connection error types
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if isinstance(exc, SQLAlchemyError):
+            raise
+        from workers.dispatch import forget_unsent
+
         with session_scope() as session:
+            forget_unsent(session=session, experiment_id=experiment_id)
             mark_experiment(session=session, experiment_id=experiment_id,
                             status=ExperimentStatus.FAILED, error=f"enqueue failed: {exc}")
         raise EnqueueError(
             f"could not send experiment {experiment_id}'s tasks to the broker "
-            f"({type(exc).__name__}: {exc}); check EVALQ_BROKER_URL and that Redis is running"
+            f"({type(exc).__name__}: {exc}); check EVALQ_BROKER_URL and that the broker is "
+            "running"
         ) from exc
 
 
@@ -292,10 +313,8 @@ def enqueue_offline_run(
     )
     experiment_id, item_ids = _store(parsed, experiment)
     tasks = [(item_id, rep) for rep in range(repeats) for item_id in item_ids]
-    with session_scope() as session:
-        mark_experiment(session=session, experiment_id=experiment_id,
-                        status=ExperimentStatus.RUNNING)
-    dispatch(experiment_id, "evalq.run_item", [(experiment_id, i, r) for i, r in tasks])
+    dispatch(experiment_id, "evalq.run_item", [(experiment_id, i, r) for i, r in tasks],
+             start=True)
     log.info("experiment %s: %d tasks %s", experiment_id, len(tasks),
              "running in-process" if settings.embedded else "enqueued")
     return experiment_id

@@ -14,7 +14,7 @@ from typing import Any
 from celery import Celery, signals
 
 from models.settings import get_settings
-from workers.queues import Queue
+from workers.queues import TASK_QUEUES, Queue
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,6 @@ def transport_options(visibility_timeout_s: int) -> dict[str, int]:
 def create_app() -> Celery:
     """A Celery app whose config is derived from Settings."""
     settings = get_settings()
-    sweep_every = float(min(300, max(5, settings.visibility_timeout_s // 4)))
     app = Celery("evalq", include=["workers.tasks"])
     app.conf.update(
         broker_url=settings.broker_url or "memory://",
@@ -51,27 +50,15 @@ def create_app() -> Celery:
         broker_transport_options=transport_options(settings.visibility_timeout_s),
         broker_pool_limit=64,
         task_default_queue=Queue.OFFLINE.value,
-        task_routes={
-            "evalq.run_item": {"queue": Queue.OFFLINE.value},
-            "evalq.run_items": {"queue": Queue.OFFLINE.value},
-            "evalq.rescore_result": {"queue": Queue.OFFLINE.value},
-            "evalq.score_run": {"queue": Queue.ONLINE.value},
-            "evalq.score_runs": {"queue": Queue.ONLINE.value},
-            "evalq.online_tick": {"queue": Queue.CONTROL.value},
-            "evalq.sweep_stalled": {"queue": Queue.CONTROL.value},
-        },
+        task_routes={task: {"queue": queue.value} for task, queue in TASK_QUEUES.items()},
         # The one periodic entry: the tick reads each evaluator's schedule from the
         # database, so adding an evaluator needs no restart. It expires before the next.
+        # (Lost work needs no periodic entry: every worker's heartbeat thread sweeps.)
         beat_schedule={
             "evalq-online-tick": {
                 "task": "evalq.online_tick",
                 "schedule": settings.tick_interval_s,
                 "options": {"expires": max(1.0, settings.tick_interval_s * 0.9)},
-            },
-            "evalq-sweep-stalled": {
-                "task": "evalq.sweep_stalled",
-                "schedule": sweep_every,
-                "options": {"expires": sweep_every * 0.9},
             },
         },
         task_acks_late=True,
@@ -142,3 +129,24 @@ def _reset_after_fork(**_: object) -> None:
     from models.db import dispose_engines
 
     dispose_engines()
+
+
+@signals.worker_ready.connect
+def _start_heartbeat(sender: Any = None, **_: object) -> None:
+    """Beat in the database while this worker runs (and sweep for lost work)."""
+    import os
+
+    from workers import heartbeat
+
+    hostname = getattr(sender, "hostname", None) or "celery"
+    queues = ",".join(sorted(app.amqp.queues.consume_from or {}))
+    concurrency = int(getattr(getattr(sender, "controller", None), "concurrency", 0) or 0)
+    heartbeat.start(f"{hostname}:{os.getpid()}", queues=queues, concurrency=concurrency)
+
+
+@signals.worker_shutdown.connect
+def _stop_heartbeat(**_: object) -> None:
+    """A clean stop frees at once what this worker still holds."""
+    from workers import heartbeat
+
+    heartbeat.stop()

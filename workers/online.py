@@ -10,7 +10,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from sqlmodel import Session
+
 from models.db import session_scope
+from models.leases import insert_leases
 from models.online import Claimed, claim_batch, due_evaluator_ids, mark_claim_done
 from models.settings import get_settings
 from models.tables import (
@@ -23,15 +26,18 @@ from models.tables import (
 )
 from workers import aio
 from workers.execution import run_scorer
+from workers.queues import queue_of
 from workers.scorers import Sample, rebind
 
 log = logging.getLogger(__name__)
 
 
 def tick(*, evaluator_ids: list[int] | None = None, force: bool = False,
-         enqueue: Callable[[int], None]) -> list[Claimed]:
+         enqueue: Callable[[int], None],
+         stage: Callable[[Session, list[int]], None] | None = None) -> list[Claimed]:
     """Claim the next batch of every due evaluator (or the given ones) and hand each claim
-    id to `enqueue` after the claim committed. Safe to run concurrently."""
+    id to `enqueue` after the claim committed. `stage(session, claim_ids)` runs inside the
+    claim's transaction (leases for the claims' tasks). Safe to run concurrently."""
     settings = get_settings()
     now = utcnow()
     if evaluator_ids is None:
@@ -43,6 +49,8 @@ def tick(*, evaluator_ids: list[int] | None = None, force: bool = False,
             claimed = claim_batch(session=session, evaluator_id=evaluator_id, now=now,
                                   claim_timeout_s=settings.claim_timeout_s,
                                   settle_s=settings.ingest_settle_s, force=force)
+            if claimed is not None and claimed.claim_ids and stage is not None:
+                stage(session, claimed.claim_ids)
         if claimed is None:
             continue
         for claim_id in claimed.claim_ids:
@@ -115,19 +123,29 @@ def score_claim(claim_id: int) -> str:
 SCORE_CHUNK = 50
 
 
-def tick_and_enqueue(app: Any, *, evaluator_ids: list[int] | None = None,
+def tick_and_enqueue(app: Any = None, *, evaluator_ids: list[int] | None = None,
                      force: bool = False) -> int:
-    """One tick, then the claimed runs sent to the workers as evalq.score_runs chunks
-    through one producer connection. Returns how many runs were claimed."""
-    claimed: list[int] = []
-    tick(evaluator_ids=evaluator_ids, force=force, enqueue=claimed.append)
-    if claimed:
-        from workers.celery_app import producer as broker_producer
+    """One tick, then the claimed runs sent to the workers as evalq.score_runs chunks of
+    SCORE_CHUNK, each with a lease written in the claim's own transaction (a tick killed
+    after claiming loses nothing). Returns how many runs were claimed. (`app` is unused,
+    kept for callers that pass it.)"""
+    from workers.dispatch import publish
 
-        with broker_producer() as producer:
-            for start in range(0, len(claimed), SCORE_CHUNK):
-                app.send_task("evalq.score_runs", args=(claimed[start:start + SCORE_CHUNK],),
-                              producer=producer)
+    staged: list[tuple[list[int], list[list[int]]]] = []
+
+    def stage(session: Session, claim_ids: list[int]) -> None:
+        chunks = [claim_ids[i:i + SCORE_CHUNK] for i in range(0, len(claim_ids), SCORE_CHUNK)]
+        rows: list[dict[str, Any]] = [
+            {"task": "evalq.score_runs", "queue": queue_of("evalq.score_runs"),
+             "task_args": [chunk], "task_kwargs": {}, "experiment_id": None}
+            for chunk in chunks]
+        staged.append((insert_leases(session=session, rows=rows, now=utcnow()), chunks))
+
+    claimed: list[int] = []
+    tick(evaluator_ids=evaluator_ids, force=force, enqueue=claimed.append, stage=stage)
+    for lease_ids, chunks in staged:
+        publish(lease_ids, "evalq.score_runs", [[chunk] for chunk in chunks],
+                [{}] * len(chunks))
     return len(claimed)
 
 

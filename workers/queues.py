@@ -12,3 +12,20 @@ class Queue(StrEnum):
 
 
 ALL_QUEUES = ",".join(q.value for q in Queue)
+
+
+# Where each task is routed (celery_app's task_routes is built from this).
+TASK_QUEUES: dict[str, Queue] = {
+    "evalq.run_item": Queue.OFFLINE,
+    "evalq.run_items": Queue.OFFLINE,
+    "evalq.rescore_result": Queue.OFFLINE,
+    "evalq.score_run": Queue.ONLINE,
+    "evalq.score_runs": Queue.ONLINE,
+    "evalq.online_tick": Queue.CONTROL,
+    "evalq.sweep_stalled": Queue.CONTROL,
+}
+
+
+def queue_of(task: str) -> str:
+    """The queue a task is sent to."""
+    return TASK_QUEUES.get(task, Queue.OFFLINE).value

@@ -1,20 +1,31 @@
 """Celery tasks: thin wrappers that take ids and call plain functions.
 
-Arguments are ids only (Flower shows task arguments): never prompts, never keys.
+Arguments are ids only (Flower shows task arguments): never prompts, never keys. Tasks
+sent by evalq carry a `lease` (models/leases.py): the task claims it before working, so
+a copy of a task that a live worker is running does nothing, and a task whose worker died
+is sent again by the sweeper (workers/sweeper.py).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar
 
 from celery import Task
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from models.db import session_scope
+from models.leases import claim_lease, finish_lease, release_lease
 from models.settings import get_settings
+from models.tables import utcnow
+from workers import giveup, heartbeat
 from workers.celery_app import app
 from workers.execution import execute_item
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 # The database may be briefly unreachable (restart, failover): worth another try.
 DB_TRANSIENT = (OperationalError, DBAPIError)
@@ -25,6 +36,61 @@ def _countdown(retries: int) -> float:
     return float(min(2 ** retries, 30, get_settings().visibility_timeout_s / 4))
 
 
+class Held(Exception):
+    """This copy of a task must not run: a live worker holds its lease, or it is done."""
+
+
+def leased(task: Task, lease_id: int | None, work: Callable[[], R],
+           give_up: Callable[[int], R]) -> R:
+    """Run `work` holding the lease. Raises Held when this copy must not run; releases the
+    lease when `work` fails (a retry is then sent; a crash's lease is found by the
+    sweeper); calls `give_up(attempts)` instead of `work` once a task has been started
+    more than EVALQ_MAX_TASK_ATTEMPTS times (its workers kept dying on it)."""
+    if lease_id is None:  # sent by something else than evalq's dispatcher: no lease
+        return work()
+    settings = get_settings()
+    hb = heartbeat.current()
+    hb.flush_releases()
+    with session_scope() as session:
+        status, attempts = claim_lease(session=session, lease_id=lease_id, owner=hb.name,
+                                       now=utcnow(), dead_after_s=settings.worker_dead_after_s)
+    if status != "claimed":
+        raise Held(f"lease {lease_id} is {'done' if status == 'gone' else 'held by a live worker'}")
+    try:
+        result = give_up(attempts) if attempts > settings.max_task_attempts else work()
+    except DB_TRANSIENT:
+        later = utcnow() + timedelta(seconds=_countdown(task.request.retries))
+        _release(hb, lease_id, later)
+        raise
+    except BaseException:
+        _release(hb, lease_id, None)  # not sent: the sweeper sends it again
+        raise
+    with session_scope() as session:
+        finish_lease(session=session, lease_id=lease_id, owner=hb.name)
+    return result
+
+
+def _release(hb: heartbeat.Heartbeat, lease_id: int, sent_at: Any) -> None:
+    try:
+        with session_scope() as session:
+            release_lease(session=session, lease_id=lease_id, owner=hb.name, now=utcnow(),
+                          sent_at=sent_at)
+    except DB_TRANSIENT:
+        hb.release_later(lease_id, hb.name, sent_at)
+
+
+def _run(task: Task, lease: int | None, work: Callable[[], R], give_up: Callable[[int], R],
+         idle: R, what: str) -> R:
+    try:
+        return leased(task, lease, work, give_up)
+    except Held as held:
+        log.info("%s: %s; this copy does nothing", what, held)
+        return idle
+    except DB_TRANSIENT as exc:
+        log.warning("database error on %s: %s; retrying", what, type(exc).__name__)
+        raise task.retry(exc=exc, countdown=_countdown(task.request.retries)) from exc
+
+
 @app.task(name="evalq.online_tick", bind=True, acks_late=True, reject_on_worker_lost=True,
           max_retries=3)
 def online_tick(self: Task) -> int:
@@ -32,30 +98,20 @@ def online_tick(self: Task) -> int:
     from workers.online import tick_and_enqueue
 
     try:
-        return tick_and_enqueue(app)
+        return tick_and_enqueue()
     except DB_TRANSIENT as exc:
         raise self.retry(exc=exc, countdown=_countdown(self.request.retries)) from exc
-
-
-@app.task(name="evalq.sweep_stalled", acks_late=True, reject_on_worker_lost=True)
-def sweep_stalled() -> dict[int, int]:
-    """Re-enqueue the missing items of experiments that stored nothing for longer than the
-    visibility timeout (tasks lost between Redis' BRPOP and its unacked record)."""
-    from workers.sweeper import sweep_stalled as sweep
-
-    return sweep(app)
 
 
 @app.task(name="evalq.score_runs", bind=True, acks_late=True, reject_on_worker_lost=True,
           max_retries=20)
-def score_runs(self: Task, claim_ids: list[int]) -> dict[str, int]:
+def score_runs(self: Task, claim_ids: list[int], lease: int | None = None) -> dict[str, int]:
     """Score a chunk of claimed production runs (their scorers run together)."""
     from workers.online import score_claims
 
-    try:
-        return score_claims(claim_ids)
-    except DB_TRANSIENT as exc:
-        raise self.retry(exc=exc, countdown=_countdown(self.request.retries)) from exc
+    return _run(self, lease, lambda: score_claims(claim_ids),
+                lambda attempts: giveup.online_claims(claim_ids, attempts), {"held": 1},
+                f"online claims {claim_ids[:3]}...")
 
 
 @app.task(name="evalq.score_run", bind=True, acks_late=True, reject_on_worker_lost=True,
@@ -72,30 +128,29 @@ def score_run(self: Task, claim_id: int) -> str:
 
 @app.task(name="evalq.rescore_result", bind=True, acks_late=True, reject_on_worker_lost=True,
           max_retries=20)
-def rescore_result(self: Task, experiment_id: int, result_id: int) -> str:
+def rescore_result(self: Task, experiment_id: int, result_id: int, lease: int | None = None
+                   ) -> str:
     """Score a stored Result with scorers added to its experiment (no target call)."""
     from workers.rescore import rescore_result as rescore
 
-    try:
-        return rescore(experiment_id, result_id)
-    except DB_TRANSIENT as exc:
-        raise self.retry(exc=exc, countdown=_countdown(self.request.retries)) from exc
+    return _run(self, lease, lambda: rescore(experiment_id, result_id),
+                lambda attempts: giveup.rescore(experiment_id, result_id, attempts), "held",
+                f"rescore of result {result_id}")
 
 
 @app.task(name="evalq.run_items", bind=True, acks_late=True, reject_on_worker_lost=True,
           max_retries=20)
 def run_items(self: Task, experiment_id: int, pairs: list[list[int]], force: bool = False,
-              config: int = 0) -> dict[str, int]:
+              config: int = 0, lease: int | None = None) -> dict[str, int]:
     """Evaluate a chunk of (dataset item, repeat)s of an experiment: the model calls run
     together, Results and Scores are stored in one transaction."""
     from workers.chunks import execute_chunk
 
-    try:
-        return execute_chunk(experiment_id, pairs, force=force, config=config)
-    except DB_TRANSIENT as exc:
-        log.warning("database error on experiment %s chunk of %d: %s; retrying",
-                    experiment_id, len(pairs), type(exc).__name__)
-        raise self.retry(exc=exc, countdown=_countdown(self.request.retries)) from exc
+    return _run(self, lease, lambda: execute_chunk(experiment_id, pairs, force=force,
+                                                   config=config),
+                lambda attempts: giveup.offline_items(experiment_id, pairs, attempts),
+                {"held": len(pairs)},
+                f"experiment {experiment_id} chunk of {len(pairs)}")
 
 
 @app.task(
