@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     max_attempts: int = Field(
         6, ge=1, le=50, description="Model call attempts per item (first try included)."
     )
+    fail_fast_after: int = Field(
+        10, ge=0, le=10000, description="Stop an experiment (status failed, no more model "
+        "calls) when its first this-many results all failed the same permanent way (missing "
+        "or refused key, unknown model, the same bad request) and none succeeded. 0: never."
+    )
     retry_initial_s: float = Field(
         0.5, ge=0, description="First backoff of a retried model call, in seconds."
     )

@@ -12,8 +12,8 @@ import typer
 
 from scheduler import render
 from scheduler.cli_common import emit_json, handle_errors, parse_params, parse_scorer
+from scheduler.cli_experiments import MaxFailures, run_exit_code, run_gate
 from scheduler.cli_experiments import register as register_experiment_commands
-from scheduler.cli_experiments import run_gate
 from scheduler.cli_online import online_app
 
 app = typer.Typer(
@@ -96,10 +96,13 @@ def run(
     max_cost: Annotated[float | None, typer.Option(
         help="Budget in USD: once spent (target + judge), no new model call starts; the "
         "rest is marked skipped_budget and the experiment ends budget_exceeded.")] = None,
+    max_failures: MaxFailures = 0,
 ) -> None:
     """Run a dataset against a model, score every output and print the report.
 
-    Exit codes: 0 done (and the gate holds), 1 the gate failed, 2 bad input."""
+    Exit codes: 0 done, no item failed (or at most --max-failures) and the gate holds;
+    1 the experiment failed (reason on stderr), items failed, or the gate failed;
+    2 bad input."""
     from models.settings import get_settings
     from scheduler.errors import InputError
     from scheduler.offline import enqueue_offline_run, progress
@@ -138,11 +141,11 @@ def run(
         render.out.print(f"experiment {experiment_id} {report['status']}")
     else:
         render.print_report(report)
-    if gate is not None:
-        if not as_json:
-            render.out.print(gate.line, highlight=False)
-        if not gate.ok:
-            raise typer.Exit(1)
+    if gate is not None and not as_json:
+        render.out.print(gate.line, highlight=False)
+    code = run_exit_code(report, gate, max_failures=max_failures)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -162,6 +165,8 @@ def status(
         f"experiment {experiment_id}: {state['status']} — {state['done']} done, "
         f"{state['failed']} failed, {state['pending']} pending of {state['total']}"
     )
+    if state["error"]:
+        render.out.print(f"reason: {state['error']}", highlight=False, soft_wrap=True)
 
 
 @app.command("list")

@@ -1,7 +1,9 @@
-"""`evalq report | compare | rerun | resume | rescore`, and the CI gate of `evalq run`."""
+"""`evalq report | compare | rerun | resume | rescore`, and the CI gate and exit code of
+`evalq run`."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,6 +14,10 @@ from scheduler.cli_common import emit_json, handle_errors, parse_scorer
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 ExperimentId = Annotated[int, typer.Argument(help="Experiment id.")]
+MaxFailures = Annotated[int, typer.Option(
+    "--max-failures", min=0, help="Exit 0 even if up to N items failed (their model call or "
+    "target errored). Default 0: any failed item exits 1. An experiment stopped early on a "
+    "permanent error (missing key, unknown model...) always exits 1.")]
 
 
 def report(
@@ -162,6 +168,84 @@ def run_gate(report_data: dict[str, Any], *, fail_under: list[str], baseline: in
         comparison = compare_experiments(baseline, experiment_id)
     return evaluate_gate(report_data, fail_under=parse_thresholds(fail_under),
                          comparison=comparison, fail_on_regression=fail_on_regression)
+
+
+_KEY_VARIABLE = re.compile(r"\b[A-Z][A-Z0-9_]*_API_KEY\b")
+
+
+def next_step(error: str, experiment_id: int) -> str:
+    """What to do about a model error (an "ErrorType: message" text or an experiment's
+    failure reason), in one sentence."""
+    from workers.llm import missing_credentials
+
+    where = ("in the environment of the process that calls the model (this shell in "
+             "embedded mode, every worker in distributed mode)")
+    if missing_credentials(error):
+        named = _KEY_VARIABLE.search(error)
+        key = named.group(0) if named else "the provider's API key (e.g. OPENAI_API_KEY)"
+        return f"set {key} {where}, then run again"
+    if "AuthenticationError" in error:
+        return (f"the provider refused the API key: check it (e.g. OPENAI_API_KEY) {where}, "
+                "and that it belongs to this provider or --api-base, then run again")
+    if "PermissionDeniedError" in error:
+        return ("the key may not use this model or endpoint: check the key's permissions "
+                "(project, organisation) or pick another --model, then run again")
+    if "NotFoundError" in error:
+        return ("the provider does not know this model: check --model (provider/model, "
+                "e.g. openai/gpt-4o-mini) and --api-base, then run again")
+    if any(name in error for name in ("BadRequestError", "UnprocessableEntityError",
+                                      "ContextWindowExceededError")):
+        return ("the provider rejected the request: check --param values, the prompt "
+                f"and the model's limits; `evalq report {experiment_id}` shows each item's "
+                "error")
+    return (f"`evalq report {experiment_id}` shows each item's error; "
+            f"`evalq rerun {experiment_id} --failed` runs the failed items again")
+
+
+def _first_error(experiment_id: int) -> str | None:
+    """"ErrorType: message" of the experiment's first failed item, if any."""
+    import sqlalchemy as sa
+    from sqlmodel import col
+
+    from models.db import session_scope
+    from models.tables import Result, ResultStatus
+
+    with session_scope() as session:
+        row = session.execute(
+            sa.select(col(Result.error_type), col(Result.error))
+            .where(col(Result.experiment_id) == experiment_id,
+                   col(Result.status) == ResultStatus.ERROR)
+            .order_by(col(Result.id)).limit(1)).first()
+    return None if row is None else f"{row[0] or 'error'}: {row[1] or ''}".strip()
+
+
+def _say(text: str) -> None:
+    render.err.print(text, highlight=False, soft_wrap=True, markup=False)
+
+
+def run_exit_code(report_data: dict[str, Any], gate: Any, *, max_failures: int = 0) -> int:
+    """The exit code of `evalq run` once the experiment is over: 1 when it failed (said on
+    stderr with its reason and what to do), when more than `max_failures` items failed,
+    or when the gate failed; else 0."""
+    from models.tables import ExperimentStatus
+
+    experiment_id = report_data["experiment_id"]
+    counts = report_data["counts"]
+    if report_data["status"] == ExperimentStatus.FAILED:
+        reason = report_data.get("error") or _first_error(experiment_id) or "no reason recorded"
+        _say(f"error: experiment {experiment_id} failed ({counts['done']} done, "
+             f"{counts['failed']} failed, {counts['pending']} not run): {reason[:1000]}")
+        _say(f"next: {next_step(reason, experiment_id)}")
+        return 1
+    if counts["failed"] > max_failures:
+        first = _first_error(experiment_id) or ""
+        kinds = ", ".join(f"{k}×{v}" for k, v in (report_data.get("errors") or {}).items())
+        _say(f"error: {counts['failed']} of {counts['total']} items of experiment "
+             f"{experiment_id} failed ({kinds}), more than --max-failures {max_failures}; "
+             f"first: {first[:1000]}")
+        _say(f"next: {next_step(first, experiment_id)}")
+        return 1
+    return 0 if gate is None or gate.ok else 1
 
 
 def register(app: typer.Typer) -> None:

@@ -2,7 +2,9 @@
 
 litellm's own retries are off; we retry only what may succeed next time (rate
 limits, timeouts, connection errors, 5xx), honour Retry-After, and fail fast on
-everything else (bad request, auth, not found, context window).
+everything else (bad request, auth, not found, context window). Permanent errors are
+recognised by status code and, for a missing key, by message: litellm reports the
+OpenAI client's "Missing credentials" as a 500 InternalServerError.
 
 Every attempt first acquires from the model's shared rate limit (workers.ratelimit);
 a 429 with Retry-After pauses the model for every worker before tenacity sleeps.
@@ -14,6 +16,7 @@ import email.utils
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,18 +64,67 @@ def redact(text: str) -> str:
     return text
 
 
-def is_retryable(exc: BaseException) -> bool:
-    """The one predicate deciding whether a failed model call is worth another try."""
+# How the provider or litellm says that no key is configured: the OpenAI client's
+# "Missing credentials" (which litellm maps to a 500), "Missing Anthropic API Key",
+# "client is not initialized. Make sure api_key is passed", "api_key is None"...
+_MISSING_KEY = re.compile(
+    r"missing credentials|missing \w+ api key|api_key client option must be set"
+    r"|make sure api_key is passed|api[_ ]?key (?:is none|not found|is not set)"
+    r"|credentials not provided", re.IGNORECASE)
+# The error_type recorded for a permanent HTTP status, whatever class litellm raised
+# (it raises a bare APIError for a 403, for instance).
+_PERMANENT_STATUS = {400: "BadRequestError", 401: "AuthenticationError",
+                     402: "PaymentRequiredError", 403: "PermissionDeniedError",
+                     404: "NotFoundError", 422: "UnprocessableEntityError"}
+_TRANSIENT_STATUS = frozenset({408, 409, 429})  # and every 5xx
+# error_types of permanent failures that concern the whole configuration (key, access,
+# billing, model), not one request: the same type on an experiment's first results is
+# enough to stop it (workers.failfast). Request errors (litellm's BadRequestError and its
+# subclasses) must also share their message.
+CONFIG_ERRORS = frozenset({"AuthenticationError", "CallerCredentialAuthenticationError",
+                           "PermissionDeniedError", "PaymentRequiredError", "NotFoundError"})
+REQUEST_ERRORS = frozenset({
+    "BadRequestError", "InvalidRequestError", "UnprocessableEntityError",
+    "ContextWindowExceededError", "ContentPolicyViolationError", "UnsupportedParamsError",
+    "EndpointNotSupportedByModelError", "UnsupportedEndpointError", "LiteLLMUnknownProvider",
+    "MalformedRequestFieldError", "RejectedRequestError", "ImageFetchError"})
+
+
+def _status(exc: BaseException) -> int | None:
+    status = getattr(exc, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def missing_credentials(text: str) -> bool:
+    """True when an error message says that no API key is configured."""
+    return _MISSING_KEY.search(text) is not None
+
+
+def permanent_error_type(exc: BaseException) -> str | None:
+    """The error_type under which a permanent model error is recorded (it fails the same
+    way on every attempt), or None for an error that is not known to be permanent.
+
+    Missing credentials are an AuthenticationError whatever litellm raised; a 4xx other
+    than 408, 409 and 429 is permanent, named after its status."""
     litellm = setup_litellm()
-    never = (
-        litellm.ContextWindowExceededError,
-        litellm.BadRequestError,
-        litellm.AuthenticationError,
-        litellm.NotFoundError,
-        litellm.PermissionDeniedError,
-        litellm.UnprocessableEntityError,
-    )
-    if isinstance(exc, never):
+    if missing_credentials(str(exc)):
+        return "AuthenticationError"
+    named = (litellm.BadRequestError, litellm.AuthenticationError, litellm.NotFoundError,
+             litellm.PermissionDeniedError, litellm.UnprocessableEntityError)
+    if isinstance(exc, named):
+        return type(exc).__name__
+    status = _status(exc)
+    if status is not None and 400 <= status < 500 and status not in _TRANSIENT_STATUS:
+        return _PERMANENT_STATUS.get(status, type(exc).__name__)
+    return None
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """The one predicate deciding whether a failed model call is worth another try:
+    rate limits, timeouts, connection errors and 5xx are; permanent errors (missing or
+    invalid key, no access, unknown model, bad request) never are."""
+    litellm = setup_litellm()
+    if permanent_error_type(exc) is not None:
         return False
     retryable = (
         litellm.RateLimitError,
@@ -82,7 +134,10 @@ def is_retryable(exc: BaseException) -> bool:
         litellm.ServiceUnavailableError,
         litellm.BadGatewayError,
     )
-    return isinstance(exc, retryable)
+    if isinstance(exc, retryable):
+        return True
+    status = _status(exc)  # e.g. a bare APIError for a 529 (overloaded)
+    return status is not None and (status in _TRANSIENT_STATUS or status >= 500)
 
 
 def retry_after_seconds(exc: BaseException | None) -> float | None:
@@ -254,7 +309,7 @@ async def call_model(
                     estimate=(prompt_est, total_est), kwargs=kwargs)
     except Exception as exc:  # noqa: BLE001 - every model failure becomes a Result error
         outcome.error = redact(str(exc))[:4000] or type(exc).__name__
-        outcome.error_type = type(exc).__name__
+        outcome.error_type = permanent_error_type(exc) or type(exc).__name__
         return outcome
     message = response.choices[0].message
     usage = getattr(response, "usage", None)

@@ -10,7 +10,7 @@ import pytest
 
 from models.settings import Settings
 from tests.fakellm import FakeLLM
-from workers.llm import call_model, redact
+from workers.llm import call_model, is_retryable, missing_credentials, redact
 
 MODEL = "openai/fake-model"
 
@@ -51,16 +51,77 @@ def test_transient_errors_are_retried_then_succeed(fake_llm: FakeLLM, settings: 
 
 
 @pytest.mark.parametrize(("status", "error_type"), [
-    (400, "BadRequestError"), (401, "AuthenticationError"), (404, "NotFoundError"),
+    (400, "BadRequestError"), (401, "AuthenticationError"), (402, "PaymentRequiredError"),
+    (403, "PermissionDeniedError"), (404, "NotFoundError"), (422, "BadRequestError"),
 ])
 def test_permanent_errors_fail_fast(fake_llm: FakeLLM, settings: Settings, status: int,
                                     error_type: str):
     fake_llm.script([{"status": status, "message": "nope"}, {"reply": "never reached"}])
     out = _call(fake_llm, settings)
     assert out.output is None
-    assert out.error_type == error_type
+    assert out.error_type == error_type  # litellm raises a bare APIError for 402 and 403
     assert out.attempts == 1
     assert fake_llm.stats()["total"] == 1
+
+
+@pytest.mark.parametrize("status", [408, 409, 502, 529])
+def test_other_transient_statuses_are_retried(fake_llm: FakeLLM, settings: Settings,
+                                              status: int):
+    fake_llm.script([{"status": status}, {"reply": "ok"}])
+    out = _call(fake_llm, settings)
+    assert (out.output, out.attempts) == ("ok", 2)
+
+
+def test_missing_api_key_is_a_permanent_authentication_error(
+        fake_llm: FakeLLM, settings: Settings, monkeypatch: pytest.MonkeyPatch):
+    # The OpenAI client refuses to send anything without a key; litellm maps that to a 500
+    # InternalServerError, which would otherwise be retried on every item.
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    out = _call(fake_llm, settings)
+    assert out.error_type == "AuthenticationError", out.error
+    assert out.error is not None and "OPENAI_API_KEY" in out.error
+    assert missing_credentials(out.error)
+    assert out.attempts == 1
+    assert fake_llm.stats()["total"] == 0  # no request left the process
+
+
+def test_retry_classification_of_litellm_exceptions(fake_llm: FakeLLM,
+                                                    monkeypatch: pytest.MonkeyPatch):
+    """The predicate itself, on the exceptions litellm really raises."""
+    from workers.llm import setup_litellm
+
+    litellm = setup_litellm()
+
+    def raised(api_base: str = fake_llm.base_url) -> BaseException:
+        try:
+            asyncio.run(litellm.acompletion(model=MODEL, messages=[{"role": "user",
+                                                                    "content": "x"}],
+                                            api_base=api_base, num_retries=0, timeout=2))
+        except Exception as exc:  # noqa: BLE001 - the exception is the point
+            return exc
+        raise AssertionError("the call succeeded")
+
+    for status, retry in [(400, False), (401, False), (403, False), (404, False),
+                          (422, False), (429, True), (500, True), (503, True)]:
+        fake_llm.script([{"status": status}])
+        exc = raised()
+        assert is_retryable(exc) is retry, (status, type(exc).__name__, exc)
+    exc = raised(api_base="http://127.0.0.1:9/v1")  # nothing listens: connection error
+    assert is_retryable(exc), exc
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    exc = raised()
+    assert type(exc).__name__ == "InternalServerError" and not is_retryable(exc), exc
+
+
+def test_missing_credentials_messages():
+    for text in ["OpenAIException - Missing credentials. Please pass an `api_key`",
+                 "Missing Anthropic API Key - A call is being made to anthropic",
+                 "The api_key client option must be set either by passing api_key",
+                 "OpenAI client is not initialized. Make sure api_key is passed",
+                 "api_key is None. Please set AZURE_AI_API_KEY"]:
+        assert missing_credentials(text), text
+    for text in ["Incorrect API key provided.", "Connection error.", "Rate limit reached."]:
+        assert not missing_credentials(text), text
 
 
 def test_attempts_are_bounded(fake_llm: FakeLLM, settings: Settings):
