@@ -222,3 +222,22 @@ def assert_exact(experiment_id: int, total: int, scorers: list[str] = SCORERS) -
         assert stats["n_scored"] + stats["n_unscored"] == c.scores_by_scorer[label], stats
         assert stats["n_failed_items"] == c.error, stats
     return c
+
+
+def held_by(name: str, task: str = "evalq.run_items") -> list[Any]:
+    """What the running leases of the worker started as `name` (Workers.start) carry: for
+    evalq.run_items the (item, repeat)s, for evalq.score_runs the claim ids. Its heartbeat
+    name is its Celery node name ("NAME-TESTPID@host"), ":" and its pid."""
+    import os
+
+    with session_scope() as s:
+        rows = s.execute(sa.text(
+            "SELECT task_args FROM task_lease WHERE state = 'running' AND task = :t "
+            "AND owner LIKE :o"), {"t": task, "o": f"{name}-{os.getpid()}@%"}).scalars().all()
+    carried: list[Any] = []
+    for args in rows:
+        if task == "evalq.run_items":
+            carried += [(int(i), int(r)) for i, r in args[1]]
+        else:
+            carried += [int(c) for c in args[0]]
+    return carried
