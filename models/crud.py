@@ -259,7 +259,8 @@ def finalize_experiment(*, session: Session, experiment_id: int) -> bool:
         sa.update(Experiment)
         .where(col(Experiment.id) == experiment_id,
                col(Experiment.status).not_in([ExperimentStatus.COMPLETED,
-                                              ExperimentStatus.BUDGET_EXCEEDED]))
+                                              ExperimentStatus.BUDGET_EXCEEDED,
+                                              ExperimentStatus.FAILED]))
         .values(status=final, finished_at=utcnow())
     )
     return moved.rowcount == 1  # type: ignore[attr-defined]

@@ -92,7 +92,7 @@ def test_permanent_model_errors_are_recorded_not_crashing(embedded_env, fake_llm
                      {"match": "charlie", "status": 429, "times": 2}])
     code, out, err = _run("run", str(dataset), "--model", "openai/fake",
                           "--api-base", fake_llm.base_url, "--json")
-    assert code == 0, err
+    assert code == 1, err  # an item failed: exit 1 (README "Exit codes")
     report = json.loads(out)["report"]
     assert report["status"] == "completed"
     assert report["counts"]["done"] == 3 and report["counts"]["failed"] == 1
