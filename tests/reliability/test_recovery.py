@@ -30,6 +30,7 @@ from tests.reliability.harness import (
     Workers,
     assert_exact,
     held_by,
+    report_recovery,
     stored_results,
     wait_until,
     worker_env,
@@ -95,8 +96,8 @@ def test_online_claims_of_a_dead_worker_are_scored_again(fake: FakeLLM, rel_brok
         rel_workers.start(env, name=f"judge-b-{rel_broker.kind}", concurrency=2)
         wait_until(lambda: len(_scores_per_run(evaluator["id"])) == 40, RECOVERY_S,
                    "every claimed run scored")
-        print(f"\n{rel_broker.kind}: killed judging {len(held)} runs; all 40 scored "
-              f"{time.monotonic() - killed_at:.1f} s later")
+        report_recovery("online claims of a SIGKILLed worker scored again", rel_broker.kind,
+                        time.monotonic() - killed_at, held=len(held))
         time.sleep(2)
         per_run = _scores_per_run(evaluator["id"])
         assert len(per_run) == 40 and set(per_run.values()) == {1}, per_run
@@ -214,8 +215,8 @@ def test_evalq_run_killed_during_enqueue(tmp_path: Path, fake: FakeLLM, rel_redi
         assert _one("SELECT count(*) FROM task_lease WHERE experiment_id = :e "
                     "AND sent_at IS NOT NULL", e=exp) == 0, "a message was published"
         wait_for_experiment(exp, timeout=RECOVERY_S)
-        print(f"\nproducer killed mid-enqueue: completed {time.monotonic() - killed_at:.1f} s "
-              "later")
+        report_recovery("evalq run SIGKILLed mid-enqueue", "redis",
+                        time.monotonic() - killed_at)
         assert_exact(exp, 200)
         assert fake.stats()["total"] == 200
 
@@ -272,7 +273,7 @@ def test_broker_restarted_mid_run(tmp_path: Path, fake: FakeLLM, rel_broker: Bro
         back_at = time.monotonic()
         assert stopped_with < n, "the run finished before the broker stopped"
         wait_for_experiment(exp, timeout=RECOVERY_S)
-        print(f"\n{rel_broker.kind} restarted with {stopped_with}/{n} stored: completed "
-              f"{time.monotonic() - back_at:.1f} s after it came back")
+        report_recovery("broker restarted mid-run (from its return)", rel_broker.kind,
+                        time.monotonic() - back_at, stored=stopped_with)
         assert_exact(exp, n)
         assert worker.process.poll() is None

@@ -31,6 +31,7 @@ from tests.reliability.harness import (
     assert_exact,
     broker_pairs,
     held_by,
+    report_recovery,
     result_pairs,
     stored_results,
     wait_until,
@@ -77,8 +78,9 @@ def _kill_one_of_two(tmp_path: Path, fake: FakeLLM, broker: Broker, pg: str,
         # At most what the dead worker held (and had taken, unclaimed) was called twice.
         assert N_ITEMS <= calls <= N_ITEMS + len(held) + 4 * 16, (calls, len(held))
         assert survivor.process.poll() is None
-        print(f"\n{broker.kind}, latency {latency_ms} ms: killed holding {len(held)} items; "
-              f"completed {recovered_s:.1f} s later; {calls - N_ITEMS} model calls repeated")
+        report_recovery("worker SIGKILLed mid model calls, another alive", broker.kind,
+                        recovered_s, items=N_ITEMS, held=len(held),
+                        calls_repeated=calls - N_ITEMS)
 
 
 @pytest.mark.slow
@@ -129,8 +131,8 @@ def test_worker_sigkill_inside_a_database_write(tmp_path: Path, fake: FakeLLM,
         assert not set(held) & result_pairs(exp), "the killed transaction's Results landed"
         rel_workers.start(env, name=f"writer-b-{rel_broker.kind}", concurrency=2)
         wait_for_experiment(exp, timeout=RECOVERY_S)
-        print(f"\n{rel_broker.kind}: killed inside a write holding {len(held)} items; "
-              f"completed {time.monotonic() - killed_at:.1f} s later")
+        report_recovery("worker SIGKILLed inside a database write, replacement started",
+                        rel_broker.kind, time.monotonic() - killed_at, held=len(held))
         assert_exact(exp, 64)
     admin.dispose()
 
@@ -159,8 +161,8 @@ def test_both_workers_killed_then_one_started(tmp_path: Path, fake: FakeLLM,
         rel_workers.start(env, name=f"both-c-{rel_broker.kind}", concurrency=4)
         started_at = time.monotonic()
         wait_for_experiment(exp, timeout=RECOVERY_S)
-        print(f"\n{rel_broker.kind}: both killed at {stored}/400; completed "
-              f"{time.monotonic() - started_at:.1f} s after a new worker started")
+        report_recovery("both workers SIGKILLed, one started (from its start)",
+                        rel_broker.kind, time.monotonic() - started_at, stored=stored)
         assert_exact(exp, 400)
 
 
@@ -206,6 +208,6 @@ def test_message_taken_by_brpop_then_killed(tmp_path: Path, fake: FakeLLM, rel_p
         assert broker_pairs(client, exp) == set(), "kombu recorded it after all"
         rel_workers.start(env, name="brpop-window-b", concurrency=1)
         wait_for_experiment(exp, timeout=RECOVERY_S)
-        print(f"\nmessage lost in the BRPOP window: stored "
-              f"{time.monotonic() - killed_at:.1f} s after the kill")
+        report_recovery("message lost between BRPOP and the unacked record",
+                        rel_broker.kind, time.monotonic() - killed_at)
         assert_exact(exp, 1)
