@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col
 
 from models.crud import _insert
+from models.online_queries import to_utc
 from models.tables import ClaimStatus, OnlineClaim, OnlineEvaluator, ProductionRun
 
 RUN_COLUMNS = ("source", "status", "model")  # filter keys matched on columns; others: meta
@@ -105,7 +106,9 @@ def claim_batch(*, session: Session, evaluator_id: int, now: datetime, claim_tim
     """Claim the evaluator's next batch if it is due (or `force`); None if not due.
 
     Runs ingested less than `settle_s` ago are left for the next tick, so a run whose
-    insert committed after a higher id's cannot be skipped by the watermark."""
+    insert committed after a higher id's cannot be skipped by the watermark. Stored times
+    come back aware UTC on both databases (UTCDateTime); a naive `now` is taken as UTC."""
+    now = to_utc(now)
     ev = _lock_evaluator(session, evaluator_id)
     if ev is None or not ev.enabled or (not force and ev.next_due_at > now):
         return None

@@ -1,7 +1,8 @@
 """SQLModel tables: datasets, experiments, results and scores.
 
 Every row that a task writes has a natural unique key (see ARCHITECTURE.md), so a
-task that runs twice upserts instead of inserting a second row.
+task that runs twice upserts instead of inserting a second row. Every timestamp column is
+a UTCDateTime: written and read back timezone-aware, in UTC, on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
+
+from models.types import UTCDateTime
 
 JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
 
@@ -27,7 +30,7 @@ def _json(nullable: bool = True) -> Any:
 
 
 def _ts() -> Any:
-    return Field(default_factory=utcnow, sa_type=sa.DateTime(timezone=True), nullable=False)
+    return Field(default_factory=utcnow, sa_type=UTCDateTime(), nullable=False)
 
 
 class ExperimentStatus(StrEnum):
@@ -128,8 +131,8 @@ class Experiment(ExperimentBase, table=True):
                             sa_column_kwargs={"server_default": "auto"})
     max_cost_usd: float | None = None  # budget: no new model call once spent cost reaches it
     created_at: datetime = _ts()
-    started_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
-    finished_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
 
 
 # One (item, repeat) of an experiment: what the target produced, or why it failed.
@@ -179,7 +182,7 @@ class Score(SQLModel, table=True):
     # The online evaluator that scored a production run; 0 for offline scores.
     evaluator_id: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     # When the subject happened (the Result's or the run's time): online windows use it.
-    subject_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+    subject_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
     scorer: str = Field(max_length=200)  # the label: a name, or name + params hash
     scorer_version: str = Field(max_length=40)
     value: float | None = None  # in [0, 1]; None when the scorer could not score
@@ -256,7 +259,7 @@ class OnlineEvaluator(SQLModel, table=True):
     enabled: bool = True
     watermark: int = 0  # highest ProductionRun.id already examined
     next_due_at: datetime = _ts()
-    last_tick_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+    last_tick_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
     alert_threshold: float | None = None  # alert when a window's mean falls below it
     alert_window_s: int = 3600
     webhook_url: str | None = Field(default=None, max_length=1000)
@@ -277,7 +280,7 @@ class OnlineClaim(SQLModel, table=True):
     status: str = Field(default=ClaimStatus.CLAIMED, max_length=20)
     claimed_at: datetime = _ts()
     attempts: int = 1
-    done_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+    done_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
 
 
 # An alert that fired: at most one per (evaluator, scorer, window).
@@ -290,7 +293,7 @@ class OnlineAlert(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     evaluator_id: int = Field(foreign_key="online_evaluator.id")
     scorer: str = Field(max_length=200)
-    window_start: datetime = Field(sa_type=sa.DateTime(timezone=True))
+    window_start: datetime = Field(sa_type=UTCDateTime())
     mean: float
     threshold: float
     n: int

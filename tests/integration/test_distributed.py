@@ -3,7 +3,9 @@ real HTTP to the fake model server. `evalq run` enqueues and waits on the databa
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import time
 import uuid
 from pathlib import Path
@@ -45,9 +47,28 @@ def _keys_and_scores(exp_id: int) -> tuple[int, int, int]:
     return results, distinct, scores
 
 
+SUCCEEDED = re.compile(r"Task evalq\.run_items?\[([^\]]+)\] succeeded in [\d.]+s: (.*)")
+
+
+def _worker_stored(worker: WorkerProcess, log_from: int = 0) -> tuple[int, int]:
+    """(evalq.run_item(s) tasks that succeeded in the worker since `log_from`, Results
+    they stored), from the lines Celery logs when a task returns: the task list a worker
+    prints at start-up matches neither."""
+    done = SUCCEEDED.findall(worker.output()[log_from:])
+    stored = 0
+    for _, returned in done:
+        counts = ast.literal_eval(returned)
+        if isinstance(counts, dict):  # a chunk: counts by status
+            stored += sum(n for status, n in counts.items() if status in ("ok", "error"))
+        elif counts in ("ok", "error"):  # one item: its status
+            stored += 1
+    return len({task_id for task_id, _ in done}), stored
+
+
 def test_cli_run_enqueues_and_worker_does_the_work(distributed: WorkerProcess,
                                                    fake_llm: FakeLLM, tmp_path: Path):
     dataset = _dataset(tmp_path, 9)
+    log_from = len(distributed.output())
     result = runner.invoke(app, ["run", str(dataset), "--model", "openai/fake", "--api-base",
                                  fake_llm.base_url, "--scorer", "exact_match", "--json"])
     assert result.exit_code == 0, result.stderr
@@ -57,8 +78,11 @@ def test_cli_run_enqueues_and_worker_does_the_work(distributed: WorkerProcess,
     assert summary["counts"] == counts(9, done=9, failed=0)
     assert summary["scores"]["exact_match"] == pytest.approx(6 / 9)
     assert fake_llm.stats()["total"] == 9
-    distributed.wait_for("evalq.run_item", 10)  # the worker (not this process) ran them
     assert _keys_and_scores(summary["experiment_id"]) == (9, 9, 9)
+    # The worker subprocess (not this process) stored them: its log of returned tasks
+    # accounts for every Result.
+    tasks, stored = _worker_stored(distributed, log_from)
+    assert tasks >= 1 and stored == 9, distributed.output()[log_from:][-3000:]
 
 
 def test_no_wait_returns_while_workers_run(distributed: WorkerProcess, fake_llm: FakeLLM,
@@ -125,7 +149,8 @@ def test_a_redelivered_task_is_skipped_without_calling_the_model(distributed: Wo
         celery_app.send_task("evalq.run_item", args=(exp_id, item_id, 0), task_id=marker,
                              producer=p)
     distributed.wait_for(f"Task evalq.run_item[{marker}] succeeded", 30)
-    assert f"[{marker}] succeeded in" in distributed.output()
+    returned = dict(SUCCEEDED.findall(distributed.output()))[marker]
+    assert ast.literal_eval(returned) == "skipped"  # the worker saw the stored Result
     assert fake_llm.stats()["total"] == calls
     assert _keys_and_scores(exp_id) == (3, 3, 3)
 

@@ -12,10 +12,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
+from kombu.compression import decompress
 
 from scheduler import enqueue_offline_run, wait_for_experiment
 from tests.factories import write_jsonl
@@ -36,6 +40,93 @@ def _get(url: str, auth: bool = True) -> tuple[int, bytes]:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+def _decoded(raw: bytes) -> list[str]:
+    """A Redis value as text and, for every kombu message in it (a JSON envelope with a
+    `body`, alone in a queue's list or as [envelope, exchange, routing key] in the unacked
+    hash), the message body decoded: kombu stores bodies base64-encoded, so a secret in a
+    task's arguments is not in the raw value."""
+    texts = [raw.decode("utf-8", errors="replace")]
+    try:
+        stack: list[Any] = [json.loads(texts[0])]
+    except ValueError:
+        return texts
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+            body = item.get("body")
+            if not isinstance(body, str):
+                continue
+            data = body.encode()
+            if (item.get("properties") or {}).get("body_encoding") == "base64":
+                data = base64.b64decode(data)
+            compression = (item.get("headers") or {}).get("compression")
+            if compression:
+                data = decompress(data, compression)
+            text = data.decode("utf-8", errors="replace")
+            texts.append(text)
+            try:  # and with JSON escapes undone
+                texts.append(json.dumps(json.loads(text), ensure_ascii=False))
+            except ValueError:
+                pass
+    return texts
+
+
+def broker_texts(client: Any) -> list[str]:
+    """Everything Redis holds, as text: every key and every value read by its type, with
+    kombu message bodies decoded."""
+    texts: list[str] = []
+    for key in client.scan_iter():
+        kind = client.type(key).decode()
+        values: list[bytes]
+        if kind == "string":
+            values = [client.get(key)]
+        elif kind == "list":
+            values = client.lrange(key, 0, -1)
+        elif kind == "hash":
+            values = [part for pair in client.hgetall(key).items() for part in pair]
+        elif kind == "set":
+            values = list(client.smembers(key))
+        elif kind == "zset":
+            values = client.zrange(key, 0, -1)
+        elif kind == "stream":
+            values = [part for _, fields in client.xrange(key) for pair in fields.items()
+                      for part in pair]
+        else:
+            raise AssertionError(f"cannot read Redis key {key!r} of type {kind}")
+        texts.append(key.decode("utf-8", errors="replace"))
+        for value in values:
+            texts.extend(_decoded(value))
+    return texts
+
+
+def test_broker_search_finds_a_secret_in_task_arguments(redis_url: str):
+    """The positive control of the broker search below: a message sent the way evalq sends
+    tasks, with a secret in its arguments (masked in the headers' argsrepr, as a careful
+    task would), is found, though not in the raw values."""
+    from workers.celery_app import app as celery_app
+
+    secret = f"sk-evalq-probe-{uuid.uuid4().hex}"
+    probe_url = redis_url.rsplit("/", 1)[0] + "/15"  # not the broker's database
+    client = redis.Redis.from_url(probe_url)
+    client.flushdb()
+    try:
+        with celery_app.connection_for_write(probe_url) as conn, conn.Producer() as producer:
+            celery_app.send_task("evalq.leak_probe", args=(f"prompt {secret}",),
+                                 kwargs={"key": secret}, argsrepr="(masked)",
+                                 kwargsrepr="{}", queue="evalq.leak-probe",
+                                 producer=producer)
+        assert client.llen("evalq.leak-probe") == 1
+        raw = " ".join(str(client.dump(k)) for k in client.scan_iter())
+        assert secret not in raw  # what a search of the raw values would have missed
+        found = [text for text in broker_texts(client) if secret in text]
+        assert any(f"prompt {secret}" in text for text in found), found
+    finally:
+        client.flushdb()
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +178,8 @@ def test_flower_lists_experiment_tasks_as_success(flower: str, fake_llm: FakeLLM
         status, body = _get(f"{flower}/api/tasks?taskname=evalq.run_items&limit=1000")
         assert status == 200
         tasks = json.loads(body).values()
-        ours = [t for t in tasks if str(t.get("args", "")).startswith(f"({exp_id},")]
+        ours = [t for t in tasks  # args shown as a tuple or a list, whoever sent them
+                if re.match(rf"[(\[]{exp_id},", str(t.get("args", "")))]
         pairs = {(int(i), int(r)) for t in ours
                  for i, r in re.findall(r"\[(\d+), (\d+)\]", str(t["args"]))}
         if len(pairs) == 5 and all(t["state"] == "SUCCESS" for t in ours):
@@ -104,9 +196,8 @@ def test_secrets_never_leave_the_environment(flower: str, distributed: WorkerPro
                                              fake_llm: FakeLLM, redis_url: str, pg_url: str,
                                              tmp_path: Path):
     """The provider key (set for every process by conftest) must not appear in task
-    arguments, Flower, the broker, the database, logs or reports — even when the provider
-    echoes it back in an error message."""
-    import redis
+    arguments, Flower, the broker (message bodies decoded), the database, logs or
+    reports — even when the provider echoes it back in an error message."""
     import sqlalchemy as sa
 
     from scheduler.report import experiment_report, load_items
@@ -134,8 +225,7 @@ def test_secrets_never_leave_the_environment(flower: str, distributed: WorkerPro
     places["html report"] = render_experiment_html(data, item_rows)
     write_junit(data, item_rows, tmp_path / "junit.xml")
     places["junit"] = (tmp_path / "junit.xml").read_text()
-    broker = redis.Redis.from_url(redis_url)
-    places["broker"] = " ".join(str(broker.dump(k)) for k in broker.scan_iter())
+    places["broker"] = "\n".join(broker_texts(redis.Redis.from_url(redis_url)))
     engine = sa.create_engine(pg_url)
     with engine.connect() as conn:
         tables = [r[0] for r in conn.exec_driver_sql(

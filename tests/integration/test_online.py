@@ -1,9 +1,13 @@
 """Online evals: ingestion, deterministic sampling, the atomic claim under concurrency
-(threads and processes, SQLite and PostgreSQL), crashed claims, and a real worker + beat."""
+(threads and processes, SQLite and PostgreSQL), crashed claims, and a real worker + beat
+on both databases."""
 
 from __future__ import annotations
 
+import ast
 import json
+import os
+import re
 import subprocess
 import sys
 import time
@@ -19,7 +23,7 @@ from typer.testing import CliRunner
 
 from models.db import session_scope
 from models.online import is_sampled
-from models.tables import OnlineClaim, ProductionRun, Score, utcnow
+from models.tables import ClaimStatus, OnlineClaim, ProductionRun, Score, utcnow
 from scheduler.cli import app
 from scheduler.online import add_evaluator, tick_now
 from scheduler.runs import record_run, record_runs
@@ -199,35 +203,70 @@ def test_cli_online_commands_in_embedded_mode(embedded_env, settled, tmp_path: P
     assert _count(Score) == 0
 
 
-@pytest.mark.slow
-def test_beat_and_worker_score_new_runs_without_restart(redis_url: str, pg_url: str,
-                                                        tmp_path: Path):
-    env = {"EVALQ_BROKER_URL": redis_url, "EVALQ_DATABASE_URL": pg_url,
-           "EVALQ_TICK_INTERVAL_S": "0.5", "EVALQ_INGEST_SETTLE_S": "0"}
-    with EnvPatch(**env):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def online_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database shared by this test and its worker subprocesses: a
+    SQLite file in tmp_path, or the session's PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'online.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    with EnvPatch(EVALQ_DATABASE_URL=url):
         from models.migrate import upgrade
 
         upgrade()
-        truncate_all(pg_url)
-        worker = WorkerProcess.start(env, name="online")
+    if request.param == "postgresql":
+        truncate_all(url)
+    return url
+
+
+SUCCEEDED = re.compile(r"Task evalq\.score_runs\[([^\]]+)\] succeeded in [\d.]+s: (\{.*\})")
+
+
+def _scored_by(worker: WorkerProcess) -> tuple[int, int]:
+    """(evalq.score_runs tasks that succeeded in this worker, runs they scored), from the
+    lines Celery logs when a task returns: the task list printed at start-up matches
+    neither."""
+    done = SUCCEEDED.findall(worker.output())
+    return len({task_id for task_id, _ in done}), sum(
+        ast.literal_eval(counts).get("scored", 0) for _, counts in done)
+
+
+@pytest.mark.slow
+def test_beat_and_worker_score_new_runs_without_restart(redis_url: str, online_db: str,
+                                                        tmp_path: Path):
+    env = {"EVALQ_BROKER_URL": redis_url, "EVALQ_DATABASE_URL": online_db,
+           "EVALQ_TICK_INTERVAL_S": "0.5", "EVALQ_INGEST_SETTLE_S": "0"}
+    db = online_db.split(":", 1)[0]
+    with EnvPatch(**env):
+        worker = WorkerProcess.start(env, name=f"online-{db}")
         beats = [subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "workers", "beat", "--loglevel", "INFO",
              "--schedule", str(tmp_path / f"beat-{i}")], cwd=REPO,
-            env={**__import__("os").environ, **env},
+            env={**os.environ, **env},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(2)]
         try:
             add_evaluator("live", scorers=[{"type": "contains", "value": "ok"}],
                           every="1s", batch_size=500)
             record_runs(_runs(40, "live"), source="beat")
-            _wait_scores(40)
+            _wait_scores(40, worker)
             record_runs(_runs(20, "more"), source="beat")  # no restart needed
-            _wait_scores(60)
+            _wait_scores(60, worker)
             time.sleep(2.0)  # more ticks from both beats: nothing is scored twice
             with session_scope() as s:
                 per_run = Counter(s.exec(select(Score.subject_id)).all())
+                claims = s.exec(select(OnlineClaim)).all()
             assert len(per_run) == 60 and set(per_run.values()) == {1}
-            worker.wait_for("evalq.score_runs", 5)  # claims go to workers in chunks
-            assert worker.output().count("Task evalq.score_runs[") >= 2  # received + done
+            assert len(claims) == 60
+            assert all(c.status == ClaimStatus.DONE and c.done_at is not None
+                       and c.done_at.tzinfo is not None for c in claims)
+            # The worker subprocess, not this process, scored them: in chunk tasks (two
+            # ingestions, so at least two), every run once.
+            tasks, scored = _scored_by(worker)
+            assert tasks >= 2 and scored == 60, worker.output()[-3000:]
+            raised = re.findall(r"Task (evalq\.\w+)\[[^\]]+\] raised unexpected: (.*)",
+                                worker.output())
+            assert raised == [], raised[:5]  # e.g. a tick comparing naive and aware times
         finally:
             for beat in beats:
                 beat.terminate()
@@ -235,10 +274,11 @@ def test_beat_and_worker_score_new_runs_without_restart(redis_url: str, pg_url: 
             worker.stop()
 
 
-def _wait_scores(n: int, timeout: float = 60) -> None:
+def _wait_scores(n: int, worker: WorkerProcess, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if _count(Score) >= n:
             return
         time.sleep(0.2)
-    raise AssertionError(f"only {_count(Score)} of {n} runs scored after {timeout}s")
+    raise AssertionError(f"only {_count(Score)} of {n} runs scored after {timeout}s; worker "
+                         f"log:\n{worker.output()[-3000:]}")
