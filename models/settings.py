@@ -132,8 +132,9 @@ class Settings(BaseSettings):
     )
     webhook_timeout_s: float = Field(10.0, gt=0, description="Timeout of one alert webhook POST.")
     cache_url: str | None = Field(
-        None, description="Redis URL of the response cache (default: the broker; embedded "
-        "mode uses the database)."
+        None, description="Redis URL of the response cache and of the shared rate limiter "
+        "(default: the broker when it is Redis). Required for EVALQ_RATE_LIMITS with a RabbitMQ "
+        "broker; without any Redis the response cache is kept in the database."
     )
     cache_ttl_s: int = Field(
         7 * 86400, ge=60, description="How long a cached model response is kept (Redis)."

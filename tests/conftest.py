@@ -1,7 +1,9 @@
-"""Shared fixtures: real Redis, real PostgreSQL, the fake model server, real workers.
+"""Shared fixtures: real Redis, real RabbitMQ, real PostgreSQL, the fake model server,
+real workers.
 
-Services are the ones on this machine (127.0.0.1:6379 Redis, 127.0.0.1:5432
-PostgreSQL); a test that needs one that is down fails with a message saying how
+Redis is a server of the session's own (tests stop and restart it); PostgreSQL
+(127.0.0.1:5432) and RabbitMQ (127.0.0.1:5672, a fresh vhost per session) are the
+machine's. A test that needs a service that is down fails with a message saying how
 to start it. Nothing here mocks the broker, the database or our own code.
 """
 
@@ -12,6 +14,7 @@ import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,7 +29,11 @@ os.environ["EVALQ_DATABASE_URL"] = f"sqlite:///{tempfile.mkdtemp(prefix='evalq-t
 
 from tests.fakellm import FakeLLM  # noqa: E402
 from tests.support import (  # noqa: E402
+    RABBITMQ_HOST,
+    RABBITMQ_PORT,
+    RABBITMQ_START_HINT,
     EnvPatch,
+    RabbitBroker,
     RedisServer,
     WorkerProcess,
     redis_flush,
@@ -64,8 +71,25 @@ def redis_url(redis_server: RedisServer) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped at the end."""
+def rabbitmq() -> Iterator[RabbitBroker]:
+    """A vhost of this session's own on the machine's RabbitMQ, deleted at the end."""
+    if not _port_open(RABBITMQ_HOST, RABBITMQ_PORT):
+        pytest.fail(f"RabbitMQ is not reachable on {RABBITMQ_HOST}:{RABBITMQ_PORT}; "
+                    f"{RABBITMQ_START_HINT}")
+    broker = RabbitBroker.create()
+    yield broker
+    broker.delete()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url(rabbitmq: RabbitBroker) -> str:
+    """The broker URL (amqp://guest:guest@127.0.0.1:5672/VHOST) of the session's vhost."""
+    return rabbitmq.url
+
+
+@contextmanager
+def _fresh_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database (its SQLAlchemy URL), dropped afterwards."""
     import psycopg
 
     if not _port_open("127.0.0.1", 5432):
@@ -77,12 +101,34 @@ def pg_url() -> Iterator[str]:
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    yield f"{base}/{name}"
-    from models.db import dispose_engines
+    try:
+        yield f"{base}/{name}"
+    finally:
+        from models.db import dispose_engines
 
-    dispose_engines()
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        dispose_engines()
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    with _fresh_database() as url:
+        yield url
+
+
+@pytest.fixture
+def own_pg_url() -> Iterator[str]:
+    """A migrated PostgreSQL database of this test's own, dropped after it: for workers
+    on a broker of their own (a vhost, a Redis), so that no worker of another broker
+    sharing the session's database sees, or sweeps, this test's work."""
+    with _fresh_database() as url:
+        with EnvPatch(EVALQ_DATABASE_URL=url):
+            from models.migrate import upgrade
+
+            upgrade()
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -143,6 +189,25 @@ def distributed(redis_url: str, pg_url: str) -> Iterator[WorkerProcess]:
     with EnvPatch(**env):
         upgrade()
         worker = WorkerProcess.start(env, name="dist")
+        try:
+            yield worker
+        finally:
+            worker.stop()
+
+
+@pytest.fixture(scope="module")
+def distributed_rabbitmq(rabbitmq_url: str, pg_url: str) -> Iterator[WorkerProcess]:
+    """`distributed` on RabbitMQ: settings point at the session's RabbitMQ vhost +
+    PostgreSQL, no Redis at all (the response cache falls back to the database), and a
+    real Celery worker subprocess consumes the queues."""
+    from models.migrate import upgrade
+
+    env = {"EVALQ_BROKER_URL": rabbitmq_url, "EVALQ_DATABASE_URL": pg_url,
+           "EVALQ_POLL_INTERVAL_S": "0.1", "EVALQ_RETRY_INITIAL_S": "0.01",
+           "EVALQ_RETRY_MAX_S": "0.2", "EVALQ_INGEST_SETTLE_S": "0"}
+    with EnvPatch(**env):
+        upgrade()
+        worker = WorkerProcess.start(env, name="rabbit")
         try:
             yield worker
         finally:

@@ -1,8 +1,10 @@
 """Response cache: a model call with the same model, messages, parameters and repeat index
 returns the stored response instead of calling the provider again.
 
-Distributed mode keeps it in Redis (EVALQ_CACHE_URL, default the broker), with a TTL;
-embedded mode in the database (table response_cache). Only successful responses are
+Where: in Redis, with a TTL, when there is one (`workers.redis_url.redis_url`:
+EVALQ_CACHE_URL, else the broker when it is Redis); otherwise in the database (table
+response_cache, no expiry): embedded mode, and a RabbitMQ broker without EVALQ_CACHE_URL,
+where the workers share the cache through PostgreSQL. Only successful responses are
 stored. "auto" caches temperature-0 calls only.
 """
 
@@ -14,6 +16,7 @@ import threading
 from typing import Any, Protocol
 
 from models.settings import Settings
+from workers.redis_url import redis_url
 
 MODES = ("auto", "on", "off")
 _clients: dict[str, Any] = {}
@@ -65,7 +68,7 @@ class RedisStore:
 
 
 class DatabaseStore:
-    """Cache entries in the response_cache table (embedded mode)."""
+    """Cache entries in the response_cache table (no Redis configured)."""
 
     def get(self, key: str) -> dict[str, Any] | None:
         from models.db import session_scope
@@ -87,8 +90,6 @@ class DatabaseStore:
 
 
 def store_for(settings: Settings) -> Store:
-    """The cache of this deployment: Redis when distributed, else the database."""
-    url = settings.cache_url or settings.broker_url
-    if url and url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisStore(url, settings.cache_ttl_s)
-    return DatabaseStore()
+    """The cache of this deployment: Redis when one is configured, else the database."""
+    url = redis_url(settings)
+    return RedisStore(url, settings.cache_ttl_s) if url else DatabaseStore()

@@ -28,8 +28,11 @@ Failure policy: the limiter **fails open**. If Redis is unreachable, calls proce
 unthrottled and one WARNING is logged per outage (Redis is tried again after
 `REDIS_RETRY_S`); a limiter must never block an evaluation forever.
 
-Embedded mode (no Redis URL) uses `LocalRateLimiter`: the same semantics inside this
-process, on the monotonic clock.
+Which Redis: `workers.redis_url.redis_url` (EVALQ_CACHE_URL, else the broker when it is
+Redis). Embedded mode without one uses `LocalRateLimiter`: the same semantics inside this
+process, on the monotonic clock. A RabbitMQ deployment with limits and no EVALQ_CACHE_URL
+is refused, at worker start and here, rather than limited per process (which would
+multiply every limit by the number of workers): `require_shared_rate_limits`.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.settings import Settings
+from workers.redis_url import redis_url, require_shared_rate_limits
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,6 @@ DEFAULT_COMPLETION_TOKENS = 256  # completion allowance when a call sets no max_
 MAX_SLEEP_S = 2.0  # a waiter re-checks at least this often
 REDIS_RETRY_S = 5.0  # after Redis failed, calls go unthrottled this long before trying again
 KEY_PREFIX = "evalq:rl"
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 # KEYS: request bucket, token bucket, pause.  ARGV: request increment and capacity (ms),
 # token increment per token and capacity (ms), token cost.  An increment of 0 means that
@@ -429,13 +432,16 @@ _per_loop: dict[asyncio.AbstractEventLoop, dict[tuple[Any, ...], RedisRateLimite
 
 
 def limiter_for(settings: Settings) -> RateLimiter:
-    """This deployment's limiter for the running event loop: Redis at settings.cache_url or
-    the broker when that is Redis, else the process-wide in-process limiter."""
+    """This deployment's limiter for the running event loop: Redis at `redis_url(settings)`
+    (EVALQ_CACHE_URL, else a Redis broker), else, in embedded mode, the process-wide
+    in-process limiter. Distributed without Redis: RedisRequired when limits are set."""
     limits = parse_limits(settings.rate_limits)
     frozen = tuple(sorted(limits.items()))
-    url = settings.cache_url or settings.broker_url
+    url = redis_url(settings)
+    if url is None:
+        require_shared_rate_limits(settings)
     with _lock:
-        if not url or not url.startswith(REDIS_SCHEMES):
+        if url is None:
             local = _local.get(frozen)
             if local is None:
                 local = _local[frozen] = LocalRateLimiter(limits)
