@@ -27,8 +27,8 @@ class Settings(BaseSettings):
     )
     broker_url: str | None = Field(
         None,
-        description="Celery broker (redis://host:6379/0). Unset: embedded mode, tasks run "
-        "in-process on a thread pool.",
+        description="Celery broker: redis://host:6379/0 or amqp://user:pass@host:5672/vhost "
+        "(RabbitMQ). Unset: embedded mode, tasks run in-process on a thread pool.",
     )
     default_model: str = Field(
         "evalq/toy",

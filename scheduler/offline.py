@@ -248,6 +248,16 @@ def _check_model(model: str, api_base: str | None) -> None:
         ) from None
 
 
+def _check_shared_services(settings: Any) -> None:
+    """Rate limits shared through Redis need a Redis (EVALQ_CACHE_URL with RabbitMQ)."""
+    from workers.redis_url import RedisRequired, require_shared_rate_limits
+
+    try:
+        require_shared_rate_limits(settings)
+    except RedisRequired as exc:
+        raise InputError(str(exc)) from None
+
+
 def _check_target(target: str | None, prompt: str | None) -> None:
     from workers.targets import load_callable
 
@@ -296,6 +306,7 @@ def enqueue_offline_run(
         raise InputError(f"the cost budget must be above 0, got {max_cost_usd}")
     if cache not in ("auto", "on", "off"):
         raise InputError(f"cache must be auto, on or off, got {cache!r}")
+    _check_shared_services(settings)
     if scorers is not None:
         resolved = _resolve(scorers)
     parsed = _resolve_dataset(dataset)

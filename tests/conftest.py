@@ -188,6 +188,7 @@ def distributed(redis_url: str, pg_url: str) -> Iterator[WorkerProcess]:
            "EVALQ_RETRY_MAX_S": "0.2"}
     with EnvPatch(**env):
         upgrade()
+        truncate_all(pg_url)  # nothing an earlier module left unfinished is sent again here
         worker = WorkerProcess.start(env, name="dist")
         try:
             yield worker
@@ -207,6 +208,7 @@ def distributed_rabbitmq(rabbitmq_url: str, pg_url: str) -> Iterator[WorkerProce
            "EVALQ_RETRY_MAX_S": "0.2", "EVALQ_INGEST_SETTLE_S": "0"}
     with EnvPatch(**env):
         upgrade()
+        truncate_all(pg_url)  # nothing an earlier module left unfinished is sent again here
         worker = WorkerProcess.start(env, name="rabbit")
         try:
             yield worker

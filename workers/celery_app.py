@@ -115,7 +115,13 @@ def _refuse_unmigrated_database(**_: object) -> None:
     """A worker does not start on a database without evalq's current schema."""
     from models.errors import StorageError
     from models.migrate import ensure_migrated
+    from workers.redis_url import RedisRequired, require_shared_rate_limits
 
+    try:
+        require_shared_rate_limits(get_settings())
+    except RedisRequired as exc:
+        log.critical("evalq worker cannot start: %s", exc)
+        raise SystemExit(f"evalq worker cannot start: {exc}") from None
     try:
         ensure_migrated()
     except StorageError as exc:

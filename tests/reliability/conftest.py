@@ -19,6 +19,7 @@ from tests.support import (
     RedisBroker,
     RedisServer,
     port_open,
+    truncate_all,
 )
 
 
@@ -61,11 +62,14 @@ def rel_broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
 
 @pytest.fixture
 def rel_pg(pg_url: str) -> str:
-    """The session's PostgreSQL database, migrated (experiments are told apart by id)."""
+    """The session's PostgreSQL database, migrated and emptied: work an earlier test left
+    unfinished (leases, running experiments) must not be found and sent again by this
+    test's workers, on this test's broker."""
     with EnvPatch(EVALQ_DATABASE_URL=pg_url):
         from models.migrate import upgrade
 
         upgrade()
+    truncate_all(pg_url)
     return pg_url
 
 
