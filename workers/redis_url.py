@@ -12,17 +12,15 @@ broker: `redis_url` picks it, one rule for both:
   refused (`require_shared_rate_limits`) rather than limited per process, which would
   multiply every limit by the number of workers.
 
-A worker checks this at start-up (the `worker_init` hook below) and exits with the
-message; `evalq run` should check it before writing anything.
+A worker checks this at start-up (workers.celery_app's `worker_init` hook) and exits
+with the message; `evalq run` checks it before writing anything.
 """
 
 from __future__ import annotations
 
 import logging
 
-from celery import signals
-
-from models.settings import Settings, get_settings
+from models.settings import Settings
 from workers.errors import WorkerError
 
 log = logging.getLogger(__name__)
@@ -84,12 +82,3 @@ def require_shared_rate_limits(settings: Settings) -> None:
         "limiter's and the response cache's Redis), or unset EVALQ_RATE_LIMITS"
     )
 
-
-@signals.worker_init.connect
-def _refuse_unshareable_rate_limits(**_: object) -> None:
-    """A worker does not start with rate limits it could only enforce per process."""
-    try:
-        require_shared_rate_limits(get_settings())
-    except RedisRequired as exc:
-        log.critical("evalq worker cannot start: %s", exc)
-        raise SystemExit(f"evalq worker cannot start: {exc}") from None
