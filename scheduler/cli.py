@@ -11,10 +11,18 @@ from typing import Annotated, Any
 import typer
 
 from scheduler import render
-from scheduler.cli_common import emit_json, handle_errors, parse_params, parse_scorer
+from scheduler.cli_common import (
+    emit_json,
+    handle_errors,
+    parse_params,
+    parse_scorer,
+    warn_no_worker,
+)
 from scheduler.cli_experiments import MaxFailures, run_exit_code, run_gate
 from scheduler.cli_experiments import register as register_experiment_commands
 from scheduler.cli_online import online_app
+from scheduler.cli_workers import print_liveness
+from scheduler.cli_workers import register as register_worker_commands
 
 app = typer.Typer(
     name="evalq",
@@ -37,7 +45,8 @@ def _wait_and_report(experiment_id: int, total: int, *, as_json: bool,
 
     show_bar = not as_json and render.err.is_terminal or os.environ.get("EVALQ_PROGRESS") == "1"
     with render.progress_bar(total, enabled=show_bar) as update:
-        return wait_for_experiment(experiment_id, timeout=timeout, on_progress=update)
+        return wait_for_experiment(experiment_id, timeout=timeout, on_progress=update,
+                                   on_no_worker=warn_no_worker)
 
 
 def _summary_json(report: dict[str, Any]) -> dict[str, Any]:
@@ -154,12 +163,17 @@ def status(
     experiment_id: Annotated[int, typer.Argument(help="Experiment id.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Progress of an experiment: status and done / failed / pending counts."""
-    from scheduler.offline import progress
+    """Progress of an experiment: status and done / failed / pending counts; in
+    distributed mode also the messages waiting in each queue, the experiment's queued and
+    running tasks, and the live workers (those holding its work by name)."""
+    from scheduler.liveness import experiment_liveness
+    from scheduler.offline import DONE_STATUSES, progress
 
     state = progress(experiment_id)
+    extra = experiment_liveness(experiment_id, pending=0 if state["status"] in DONE_STATUSES
+                                else state["pending"])
     if as_json:
-        emit_json(state)
+        emit_json({**state, **extra})
         return
     render.out.print(
         f"experiment {experiment_id}: {state['status']} — {state['done']} done, "
@@ -167,6 +181,7 @@ def status(
     )
     if state["error"]:
         render.out.print(f"reason: {state['error']}", highlight=False, soft_wrap=True)
+    print_liveness(extra)
 
 
 @app.command("list")
@@ -324,6 +339,7 @@ def db_current() -> None:
 
 
 register_experiment_commands(app)
+register_worker_commands(app)
 
 
 def main() -> None:

@@ -16,16 +16,23 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def handle_errors(fn: F) -> F:
-    """Turn evalq's domain errors into a one-line message and an exit code (2: bad input)."""
+    """Turn evalq's domain errors into a one-line message and an exit code (2: bad input).
+    A query on a database without evalq's current schema says to run `evalq db upgrade`."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from sqlalchemy.exc import OperationalError, ProgrammingError
+
         from models.errors import StorageError
         from scheduler.errors import SchedulerError
         from workers.errors import WorkerError
 
         try:
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except (ProgrammingError, OperationalError) as exc:
+                _raise_if_not_migrated(exc)
+                raise
         except SchedulerError as exc:
             render.err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
@@ -37,6 +44,23 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _raise_if_not_migrated(exc: Exception) -> None:
+    """A query that failed on a missing table or column: raise DatabaseNotMigrated (a
+    message saying to run `evalq db upgrade`) when the schema is not evalq's current one;
+    return otherwise (the caller re-raises the original error)."""
+    from models.migrate import ensure_migrated
+
+    text = str(exc)
+    if any(sign in text for sign in ("no such table", "no such column",  # SQLite
+                                     "UndefinedTable", "UndefinedColumn")):  # PostgreSQL
+        ensure_migrated()
+
+
+def warn_no_worker(message: str) -> None:
+    """The no-worker warning of a distributed wait, on stderr (the wait goes on)."""
+    render.err.print(f"warning: {message}", highlight=False, markup=False, soft_wrap=True)
 
 
 def emit_json(obj: Any) -> None:

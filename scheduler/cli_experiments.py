@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from scheduler import render
-from scheduler.cli_common import emit_json, handle_errors, parse_scorer
+from scheduler.cli_common import emit_json, handle_errors, parse_scorer, warn_no_worker
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 ExperimentId = Annotated[int, typer.Argument(help="Experiment id.")]
@@ -118,7 +118,7 @@ def _after_enqueue(experiment_id: int, count: int, what: str, wait: bool, as_jso
         if as_json:
             emit_json({"experiment_id": experiment_id, "enqueued": count})
         return
-    data = wait_for_experiment(experiment_id)
+    data = wait_for_experiment(experiment_id, on_no_worker=warn_no_worker)
     emit_json({"experiment_id": experiment_id, "enqueued": count, "report": data}) \
         if as_json else render.print_report(data)
 

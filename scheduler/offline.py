@@ -28,6 +28,7 @@ from models.tables import DatasetItem, Experiment, ExperimentStatus
 from scheduler import embedded
 from scheduler.dataset_file import ParsedDataset, load_dataset_file
 from scheduler.errors import DatasetFormatError, EnqueueError, InputError, WaitTimeout
+from scheduler.liveness import NoWorkerWatch
 from workers.errors import WorkerError
 
 log = logging.getLogger(__name__)
@@ -354,19 +355,31 @@ def wait_for_experiment(
     experiment_id: int,
     timeout: float | None = None,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    on_no_worker: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Block until the experiment is completed or failed (read from the database, never
-    from Celery results) and return its report summary. Raises WaitTimeout."""
+    from Celery results) and return its report summary. Raises WaitTimeout.
+
+    `on_no_worker` (distributed mode): called once with a message saying so, and what to
+    do, when no live worker consumes the experiment's queue while items wait (checked at
+    once and every few seconds; said within about 5 s). The wait goes on."""
     from scheduler.report import experiment_report
 
     settings = get_settings()
     deadline = None if timeout is None else time.monotonic() + timeout
+    watch = None
+    if on_no_worker is not None and not settings.embedded:
+        watch = NoWorkerWatch(experiment_id)
     while True:
         state = progress(experiment_id)
         if on_progress is not None:
             on_progress(state)
         if state["status"] in DONE_STATUSES:
             return experiment_report(experiment_id)
+        if watch is not None and on_no_worker is not None:
+            message = watch.check(state)
+            if message is not None:
+                on_no_worker(message)
         local = embedded.running_here(experiment_id)
         if local is not None and local.done() and local.exception() is not None:
             raise local.exception()  # type: ignore[misc]
