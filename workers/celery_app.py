@@ -70,6 +70,11 @@ def create_app() -> Celery:
         task_send_sent_event=True,
         worker_send_task_events=True,
         worker_prefetch_multiplier=1,
+        # After a lost broker connection Celery lowers the prefetch count and raises it
+        # again as the tasks running at the loss are acknowledged; those acks fail (the
+        # channel is gone), and a RabbitMQ worker stayed at the lowered count, idle, with
+        # work queued. Prefetch is already one per thread: nothing to lower.
+        worker_enable_prefetch_count_reduction=False,
         # On a lost broker connection Celery would cancel running late-ack tasks, which
         # the threads pool cannot do (it logs a traceback per task and they run on). Let
         # them finish: their Results are written, and a redelivered copy is skipped.
