@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from scheduler import render
 from scheduler.cli_common import (
@@ -240,8 +241,8 @@ def scorers(
             f"{k} (required)" if p["required"] else f"{k}={p['default']!r}"
             for k, p in info["params"].items()
         ) or "no parameters"
-        render.out.print(f"[bold]{name}[/bold] v{info['version']}: {info['description']}\n"
-                         f"    {params}")
+        render.out.print(f"[bold]{escape(name)}[/bold] v{escape(str(info['version']))}: "
+                         f"{escape(str(info['description']))}\n    {escape(params)}")
 
 
 @app.command()
@@ -291,7 +292,8 @@ def ingest(
         emit_json(summary.as_dict())
     else:
         for line in summary.errors[:50]:
-            render.err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+            render.err.print(f"[red]error:[/red] {escape(str(line))}", highlight=False,
+                             soft_wrap=True)
         render.out.print(f"{summary.inserted} runs stored, {summary.duplicates} already "
                          f"stored, {summary.rejected} rejected")
     if summary.rejected:

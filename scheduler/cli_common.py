@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
+from rich.markup import escape
 
 from scheduler import render
 
@@ -34,13 +35,16 @@ def handle_errors(fn: F) -> F:
                 _raise_if_not_migrated(exc)
                 raise
         except SchedulerError as exc:
-            render.err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            render.err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False,
+                             soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except WorkerError as exc:
-            render.err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            render.err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False,
+                             soft_wrap=True)
             raise typer.Exit(2) from None
         except StorageError as exc:
-            render.err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            render.err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False,
+                             soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]

@@ -19,15 +19,16 @@ online_app = typer.Typer(
 
 def _print_evaluators(rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="Online evaluators")
     for column in ("name", "scorers", "sample", "every", "batch", "filters", "enabled",
                    "last tick"):
         table.add_column(column)
     for r in rows:
-        table.add_row(r["name"], ", ".join(r["scorers"]), f"{r['sample_rate']:g}",
+        table.add_row(Text(r["name"]), Text(", ".join(r["scorers"])), f"{r['sample_rate']:g}",
                       f"{r['every_s']}s", str(r["batch_size"]),
-                      ", ".join(f"{k}={v}" for k, v in r["filters"].items()) or "—",
+                      Text(", ".join(f"{k}={v}" for k, v in r["filters"].items()) or "—"),
                       "yes" if r["enabled"] else "paused", (r["last_tick_at"] or "—")[:19])
     render.out.print(table)
 

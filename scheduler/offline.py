@@ -49,8 +49,8 @@ def _resolve_dataset(dataset: str | Path) -> ParsedDataset:
     path = Path(dataset)
     if path.is_file():
         return load_dataset_file(path, max_line_bytes=settings.max_line_bytes)
-    shipped = shipped_datasets_dir() / f"{dataset}.jsonl"
-    if shipped.is_file():
+    shipped = _shipped_path(str(dataset))
+    if shipped is not None and shipped.is_file():
         return load_dataset_file(shipped, max_line_bytes=settings.max_line_bytes)
     if path.suffix or "/" in str(dataset):
         raise DatasetFormatError(str(dataset), None, "no such file")
@@ -68,6 +68,16 @@ def _resolve_dataset(dataset: str | Path) -> ParsedDataset:
             for i in stored_items(session=session, dataset_id=found.id)
         ]
         return ParsedDataset(found.name, found.version, found.source or found.name, items)
+
+
+def _shipped_path(name: str) -> Path | None:
+    """NAME.jsonl inside the datasets folder, or None: a name never leaves the folder
+    (`../x`, `/etc/x` and links out of it are not names; give a path as a path)."""
+    if not name or "/" in name or "\\" in name or name.startswith(".") or "\x00" in name:
+        return None
+    folder = shipped_datasets_dir().resolve()
+    candidate = (folder / f"{name}.jsonl").resolve()
+    return candidate if candidate.parent == folder else None
 
 
 def _check_params(model_params: dict[str, Any] | None) -> dict[str, Any]:

@@ -7,11 +7,24 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 out = Console()
 err = Console(stderr=True)
+
+
+def _e(value: Any) -> str:
+    """Data (names, labels, metadata values, provider messages) inside a markup string:
+    escaped, so `[/bold]` in a dataset prints as itself instead of breaking the output."""
+    return escape(str(value))
+
+
+def _t(value: Any) -> Text:
+    """Data as a table cell: plain text, never markup."""
+    return Text(str(value))
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -27,9 +40,9 @@ def print_report(report: dict[str, Any]) -> None:
     c = report["counts"]
     ds = report["dataset"]
     out.print(
-        f"[bold]Experiment {report['experiment_id']}[/bold] {report['name']}  "
-        f"status=[bold]{report['status']}[/bold]  model={report['model']}  "
-        f"dataset={ds['name']}@{(ds['version'] or '')[:8]}  mode={report['mode']}"
+        f"[bold]Experiment {report['experiment_id']}[/bold] {_e(report['name'])}  "
+        f"status=[bold]{report['status']}[/bold]  model={_e(report['model'])}  "
+        f"dataset={_e(ds['name'])}@{(ds['version'] or '')[:8]}  mode={report['mode']}"
     )
     out.print(
         f"items: {c['total']} total, [green]{c['done']} done[/green], "
@@ -45,8 +58,8 @@ def print_report(report: dict[str, Any]) -> None:
     for label, s in report["scorers"].items():
         ci = (f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
               if s.get("ci_low") is not None else "—")
-        row = [label, _fmt(s["mean"]), ci, _fmt(s["pass_rate"]), str(s["n_scored"]),
-               str(s["n_unscored"])]
+        row: list[Text | str] = [_t(label), _fmt(s["mean"]), ci, _fmt(s["pass_rate"]),
+                                 str(s["n_scored"]), str(s["n_unscored"])]
         table.add_row(*row, *([_fmt(s.get("per_item_sd_mean"))] if repeats else []))
     out.print(table)
     if report.get("by"):
@@ -67,26 +80,26 @@ def print_report(report: dict[str, Any]) -> None:
     )
     if report["errors"]:
         errors = ", ".join(f"{k}×{v}" for k, v in report["errors"].items())
-        out.print(f"[red]errors:[/red] {errors}")
+        out.print(f"[red]errors:[/red] {_e(errors)}")
     if report.get("error"):
-        out.print(f"[red]experiment error:[/red] {report['error']}")
+        out.print(f"[red]experiment error:[/red] {_e(report['error'])}")
 
 
 def _print_breakdown(by: dict[str, Any]) -> None:
     groups = by["groups"]
     labels = sorted({label for g in groups.values() for label in g["scorers"]})
-    table = Table(title=f"By {by['field']}")
-    table.add_column(by["field"])
+    table = Table(title=Text(f"By {by['field']}"))
+    table.add_column(_t(by["field"]))
     table.add_column("items", justify="right")
     for label in labels:
-        table.add_column(label, justify="right")
+        table.add_column(_t(label), justify="right")
     for value, group in groups.items():
         cells = []
         for label in labels:
             s = group["scorers"].get(label, {})
             cells.append(_fmt(s.get("mean")) + (f" ±{(s['ci_high'] - s['mean']):.2f}"
                                                  if s.get("ci_high") is not None else ""))
-        table.add_row(value, str(group["n_items"]), *cells)
+        table.add_row(_t(value), str(group["n_items"]), *cells)
     out.print(table)
 
 
@@ -98,9 +111,9 @@ def print_experiments(rows: list[dict[str, Any]]) -> None:
         table.add_column(name)
     for r in rows:
         scores = ", ".join(f"{k} {v:.2f}" for k, v in list(r["scores"].items())[:3])
-        table.add_row(str(r["id"]), r["name"], r["dataset"] or "—", r["model"], r["status"],
-                      f"{r['done']}/{r['total']}", scores or "—", f"${r['cost_usd']:.4f}",
-                      r["created_at"][:16])
+        table.add_row(str(r["id"]), _t(r["name"]), _t(r["dataset"] or "—"), _t(r["model"]),
+                      r["status"], f"{r['done']}/{r['total']}", _t(scores or "—"),
+                      f"${r['cost_usd']:.4f}", r["created_at"][:16])
     out.print(table)
 
 
@@ -131,18 +144,18 @@ def _ci(s: dict[str, Any]) -> str:
 
 def print_online_report(report: dict[str, Any]) -> None:
     """The human form of `online_report`: one row per window and scorer."""
-    out.print(f"[bold]Online evaluator {report['evaluator']}[/bold]  windows of "
+    out.print(f"[bold]Online evaluator {_e(report['evaluator'])}[/bold]  windows of "
               f"{report['window_s']} s from {str(report['since'])[:19]} to "
               f"{str(report['until'])[:19]}")
     for label, b in (report.get("baseline") or {}).items():
-        out.print(f"baseline {label}: {_ci(b)} (n={b.get('n')}, {b.get('source')})")
+        out.print(f"baseline {_e(label)}: {_ci(b)} (n={b.get('n')}, {_e(b.get('source'))})")
     table = Table(title="Windows")
     for column in ("window start", "scorer", "n", "mean [95% CI]", "pass rate", "drift"):
         table.add_column(column)
     for window in report["windows"]:
         for label, s in window["scorers"].items():
             drift = "[red]DRIFT[/red]" if s.get("drift") else ""
-            table.add_row(str(window["start"])[:19], label, str(s["n"]), _ci(s),
+            table.add_row(str(window["start"])[:19], _t(label), str(s["n"]), _ci(s),
                           _fmt(s.get("pass_rate")), drift)
     out.print(table)
     if not report["windows"]:
@@ -156,8 +169,8 @@ def _signed(value: Any) -> str:
 def print_comparison(data: dict[str, Any]) -> None:
     """The human form of `compare_experiments`."""
     b, c = data["baseline"], data["candidate"]
-    out.print(f"[bold]Baseline {b['id']}[/bold] {b['name']} ({b['model']})  vs  "
-              f"[bold]candidate {c['id']}[/bold] {c['name']} ({c['model']})")
+    out.print(f"[bold]Baseline {b['id']}[/bold] {_e(b['name'])} ({_e(b['model'])})  vs  "
+              f"[bold]candidate {c['id']}[/bold] {_e(c['name'])} ({_e(c['model'])})")
     same = data.get("same_dataset_version")
     out.print(f"{data['items_compared']} items compared"
               + ("" if same else f" (different dataset versions: only the common keys; "
@@ -172,7 +185,7 @@ def print_comparison(data: dict[str, Any]) -> None:
         verdict = s.get("verdict", "")
         colour = colours.get(verdict)
         table.add_row(
-            label, _fmt(s.get("baseline_mean")), _fmt(s.get("candidate_mean")),
+            _t(label), _fmt(s.get("baseline_mean")), _fmt(s.get("candidate_mean")),
             _signed(s.get("diff")),
             f"[{_signed(s.get('ci_low'))}, {_signed(s.get('ci_high'))}]",
             f"[{colour}]{verdict}[/{colour}]" if colour else verdict,
@@ -182,9 +195,9 @@ def print_comparison(data: dict[str, Any]) -> None:
     out.print(table)
     for label, s in data["scorers"].items():
         for entry in s.get("pass_to_fail", [])[:10]:
-            out.print(f"[red]{label} pass→fail[/red] {entry['key']}: "
-                      f"{str(entry.get('baseline_output'))[:60]!r} → "
-                      f"{str(entry.get('candidate_output'))[:60]!r}", highlight=False)
+            out.print(f"[red]{_e(label)} pass→fail[/red] {_e(entry['key'])}: "
+                      + _e(f"{str(entry.get('baseline_output'))[:60]!r} → "
+                           f"{str(entry.get('candidate_output'))[:60]!r}"), highlight=False)
     cost, lat = data.get("cost", {}), data.get("latency_ms", {})
     out.print(f"cost: ${cost.get('baseline', {}).get('total', 0):.6f} → "
               f"${cost.get('candidate', {}).get('total', 0):.6f} · latency p50 "
@@ -192,6 +205,6 @@ def print_comparison(data: dict[str, Any]) -> None:
               f"{_fmt(lat.get('candidate', {}).get('p50'), 1)} ms")
     pairwise = data.get("pairwise")
     if pairwise:
-        out.print(f"pairwise judge {pairwise.get('judge')}: candidate win rate "
+        out.print(f"pairwise judge {_e(pairwise.get('judge'))}: candidate win rate "
                   f"{_fmt(pairwise.get('win_rate'))} [{_fmt(pairwise.get('ci_low'))}, "
                   f"{_fmt(pairwise.get('ci_high'))}] over {pairwise.get('n_judged')} items")
