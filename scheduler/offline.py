@@ -81,13 +81,22 @@ def _shipped_path(name: str) -> Path | None:
 
 
 def _check_params(model_params: dict[str, Any] | None) -> dict[str, Any]:
+    """The model parameters, refused if one carries a credential: a secret-looking name
+    (api_key, access_token; not max_tokens), a header mapping (extra_headers, headers,
+    default_headers, ...) with an Authorization, *api-key*, *token*, *secret* or cookie
+    header, or a value shaped like one (Bearer/Basic, sk-...). They are stored."""
+    from workers.logsafe import secret_param
+
     params = dict(model_params or {})
-    for key in params:
-        if any(word in key.lower() for word in _SECRET_WORDS):
+    for key, value in params.items():
+        why = secret_param(str(key), value)
+        if why is not None:
             raise InputError(
-                f"model parameter {key!r} looks like a secret: pass provider keys through the "
-                "environment (e.g. OPENAI_API_KEY) where litellm reads them; parameters are "
-                "stored with the experiment and shown in reports"
+                f"model parameter {key!r} looks like a secret ({why}): parameters are stored "
+                "with the experiment and shown in reports; keep keys in the environment: the "
+                "provider's key as e.g. OPENAI_API_KEY (litellm sends it), a gateway's header "
+                "as a reference to a variable, e.g. --param 'extra_headers={\"Authorization\": "
+                "\"env:GATEWAY_AUTH\"}' with GATEWAY_AUTH set where the model is called"
             )
     try:
         json.dumps(params)
@@ -310,6 +319,18 @@ def enqueue_offline_run(
     if not 1 <= repeats <= settings.max_repeats:
         raise InputError(f"repeats must be between 1 and {settings.max_repeats}, got {repeats}")
     params = _check_params(model_params)
+    if api_base is not None:
+        from workers.logsafe import strip_url, url_secret
+
+        if (why := url_secret(api_base)) is not None:
+            raise InputError(
+                f"the API base URL {strip_url(api_base)} (--api-base) is refused: {why}, and "
+                "it is stored with the experiment and shown in reports; give it without the "
+                "credential and keep the credential in the environment: the provider's key as "
+                "e.g. OPENAI_API_KEY (sent as a Bearer token), a gateway's header as "
+                "--param 'extra_headers={\"Authorization\": \"env:GATEWAY_AUTH\"}' with "
+                "GATEWAY_AUTH set where the model is called"
+            )
     _check_target(target, prompt)
     if target is None:
         _check_model(model or settings.default_model, api_base)

@@ -19,6 +19,7 @@ from models.settings import get_settings
 from models.tables import OnlineAlert, OnlineClaim, OnlineEvaluator, Score, utcnow
 from scheduler.errors import InputError
 from workers.errors import WorkerError
+from workers.logsafe import http_url_problem, mask_url, strip_url
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -69,9 +70,21 @@ def _public(ev: OnlineEvaluator) -> dict[str, Any]:
         "sample_rate": ev.sample_rate, "every_s": ev.every_s, "batch_size": ev.batch_size,
         "filters": ev.filters or {}, "since": ev.since.isoformat(), "enabled": ev.enabled,
         "alert_threshold": ev.alert_threshold, "alert_window_s": ev.alert_window_s,
-        "webhook_url": ev.webhook_url,
+        "webhook_url": mask_url(ev.webhook_url) if ev.webhook_url else None,
         "last_tick_at": ev.last_tick_at.isoformat() if ev.last_tick_at else None,
     }
+
+
+def _check_webhook(url: str | None) -> None:
+    """Refuse a webhook URL that is not http(s) with a host (file://, not-a-url)."""
+    if url is None:
+        return
+    problem = http_url_problem(url)
+    if problem is None and len(url) > 1000:
+        problem = "it is longer than 1000 characters"
+    if problem is not None:
+        raise InputError(f"--webhook {strip_url(url)!r} is refused: {problem}; give the http:// "
+                         "or https:// URL of the endpoint, e.g. https://hooks.example/evalq")
 
 
 def add_evaluator(
@@ -88,7 +101,9 @@ def add_evaluator(
     webhook_url: str | None = None,
 ) -> dict[str, Any]:
     """Create an online evaluator. It scores runs created from now on (or from
-    `backfill_since`), sampled deterministically, on its own schedule."""
+    `backfill_since`), sampled deterministically, on its own schedule. A `webhook_url`
+    must be http(s) with a host; it is stored as given (a token in it is the endpoint's
+    secret) and listed with its password and query values masked."""
     from scheduler.offline import _prepare_database, _resolve
 
     if not name or len(name) > 200:
@@ -101,6 +116,7 @@ def add_evaluator(
         raise InputError("batch size must be at least 1")
     if alert_threshold is not None and not 0.0 <= alert_threshold <= 1.0:
         raise InputError("alert threshold must be in [0, 1] (scores are in [0, 1])")
+    _check_webhook(webhook_url)
     every_s = parse_duration(every)
     if every_s < 1:
         raise InputError("--every must be at least 1s")
@@ -165,6 +181,7 @@ def remove_evaluator(name: str) -> None:
 def tick_now(name: str | None = None, *, force: bool = True) -> dict[str, Any]:
     """Run one tick from this process: embedded mode scores the claimed runs here,
     distributed mode enqueues them for the workers. Returns counts."""
+    from workers.alerts import wait_for_deliveries
     from workers.online import score_claim, tick
 
     settings = get_settings()
@@ -178,6 +195,7 @@ def tick_now(name: str | None = None, *, force: bool = True) -> dict[str, Any]:
     if settings.embedded:
         claims = tick(evaluator_ids=ids, force=force, enqueue=pending.append)
         scored = sum(score_claim(c) == "scored" for c in pending)
+        wait_for_deliveries()  # alert webhooks post in the background: record them first
         return {"claimed": sum(len(c.claim_ids) for c in claims), "scored": scored}
     from workers.celery_app import app, sync_broker_url
     from workers.online import tick_and_enqueue
@@ -187,4 +205,5 @@ def tick_now(name: str | None = None, *, force: bool = True) -> dict[str, Any]:
         claimed = tick_and_enqueue(app, evaluator_ids=ids, force=force)
     except WorkerError as exc:
         raise InputError(str(exc)) from None
+    wait_for_deliveries()
     return {"claimed": claimed, "enqueued": True}

@@ -8,6 +8,11 @@ OpenAI client's "Missing credentials" as a 500 InternalServerError.
 
 Every attempt first acquires from the model's shared rate limit (workers.ratelimit);
 a 429 with Retry-After pauses the model for every worker before tenacity sleeps.
+
+A stored error never holds a credential (workers.logsafe): the values of secret-looking
+environment variables, every header value the call sent, `Bearer`/`Basic` credentials and
+URL passwords are masked. A header value `env:NAME` is read from this process's
+environment at call time. Importing this module scrubs the HTTP libraries' log records.
 """
 
 from __future__ import annotations
@@ -31,11 +36,17 @@ from tenacity import (
 )
 
 from models.settings import Settings
+from workers.logsafe import (
+    ENV_REFERENCE,
+    install_log_filters,
+    mask_credentials,
+    remember_secret,
+)
 from workers.ratelimit import RateLimiter, estimate_tokens, limiter_for
 
 log = logging.getLogger(__name__)
+install_log_filters()  # request URLs and headers out of httpx/openai/litellm log records
 _configured = False
-_SECRET_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD", "_KEY")
 
 
 def setup_litellm() -> Any:
@@ -56,12 +67,49 @@ def setup_litellm() -> Any:
     return litellm
 
 
-def redact(text: str) -> str:
-    """`text` with the values of secret-looking environment variables masked."""
-    for name, value in os.environ.items():
-        if len(value) >= 8 and name.upper().endswith(_SECRET_SUFFIXES) and value in text:
-            text = text.replace(value, "***")
-    return text
+def redact(text: str, values: tuple[str, ...] | list[str] = ()) -> str:
+    """`text` with credentials masked: the values of secret-looking environment variables
+    (`*_API_KEY`, `*_TOKEN`, ...), the given `values` and those remembered by earlier calls
+    (header values sent), `Bearer`/`Basic` credentials and URL userinfo."""
+    return mask_credentials(text, values)
+
+
+def header_values(params: dict[str, Any] | None) -> list[str]:
+    """The header values a call with these model parameters sends (`extra_headers`,
+    `headers`, `default_headers`, any `*header*` mapping): masked in its stored error."""
+    found: list[str] = []
+    for name, value in (params or {}).items():
+        if "header" in name.lower() and isinstance(value, dict):
+            found += [str(v) for v in value.values() if v is not None]
+    return found
+
+
+class HeaderEnvMissing(Exception):
+    """A header value is `env:NAME` and NAME is not set in this process's environment."""
+
+
+def resolve_header_env(params: dict[str, Any] | None) -> dict[str, Any]:
+    """The parameters with each `env:NAME` header value replaced by the environment
+    variable NAME of this process (the worker's): a gateway's credential reaches it without
+    entering the experiment row. Raises HeaderEnvMissing when NAME is not set."""
+    resolved = dict(params or {})
+    for name, value in resolved.items():
+        if "header" not in name.lower() or not isinstance(value, dict):
+            continue
+        headers = dict(value)
+        for header, raw in value.items():
+            match = ENV_REFERENCE.match(raw) if isinstance(raw, str) else None
+            if match is None:
+                continue
+            found = os.environ.get(match.group(1))
+            if not found:
+                raise HeaderEnvMissing(
+                    f"header {header!r} of model parameter {name!r} takes its value from the "
+                    f"environment variable {match.group(1)}, which is not set where the model "
+                    "is called (the worker, or the CLI in embedded mode)")
+            headers[header] = found
+        resolved[name] = headers
+    return resolved
 
 
 # How the provider or litellm says that no key is configured: the OpenAI client's
@@ -294,9 +342,17 @@ async def call_model(
     """Call the model with retries; never raises for a model error (it is recorded)."""
     litellm = setup_litellm()
     outcome = ModelOutcome()
-    kwargs: dict[str, Any] = {"timeout": settings.request_timeout_s, **(params or {})}
+    try:
+        params = resolve_header_env(params)
+    except HeaderEnvMissing as exc:
+        outcome.error, outcome.error_type = str(exc), "AuthenticationError"
+        return outcome
+    kwargs: dict[str, Any] = {"timeout": settings.request_timeout_s, **params}
     if api_base:
         kwargs["api_base"] = api_base
+    sent = header_values(params)
+    for value in sent:
+        remember_secret(value)  # also masked in the HTTP libraries' debug log records
     try:
         limiter = limiter_for(settings)
         limited = limiter.limited(model)
@@ -308,7 +364,7 @@ async def call_model(
                     litellm, limiter, settings, model=model, messages=messages,
                     estimate=(prompt_est, total_est), kwargs=kwargs)
     except Exception as exc:  # noqa: BLE001 - every model failure becomes a Result error
-        outcome.error = redact(str(exc))[:4000] or type(exc).__name__
+        outcome.error = redact(str(exc), sent)[:4000] or type(exc).__name__
         outcome.error_type = permanent_error_type(exc) or type(exc).__name__
         return outcome
     message = response.choices[0].message
