@@ -130,7 +130,9 @@ class Settings(BaseSettings):
         600, ge=10, description="A claimed online run not scored after this long is "
         "claimed again (its worker crashed)."
     )
-    webhook_timeout_s: float = Field(10.0, gt=0, description="Timeout of one alert webhook POST.")
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, description="Total deadline of one alert webhook POST (connect, send, "
+        "answer), not per read.")
     cache_url: str | None = Field(
         None, description="Redis URL of the response cache and of the shared rate limiter "
         "(default: the broker when it is Redis). Required for EVALQ_RATE_LIMITS with a RabbitMQ "

@@ -354,6 +354,9 @@ def main() -> None:
 
     logging.basicConfig(level=get_settings().log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from workers.logsafe import install_log_filters
+
+    install_log_filters()  # URLs logged without query strings or passwords, at every level
     app()
 
 

@@ -32,7 +32,6 @@ from scheduler.liveness import NoWorkerWatch
 from workers.errors import WorkerError
 
 log = logging.getLogger(__name__)
-_SECRET_WORDS = ("key", "token", "secret", "password", "authorization")
 DONE_STATUSES = {ExperimentStatus.COMPLETED.value, ExperimentStatus.FAILED.value,
                  ExperimentStatus.BUDGET_EXCEEDED.value}
 

@@ -14,6 +14,7 @@ from typing import Any
 from celery import Celery, signals
 
 from models.settings import get_settings
+from workers.logsafe import install_log_filters
 from workers.queues import TASK_QUEUES, Queue
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ def create_app() -> Celery:
 
 
 app = create_app()
+install_log_filters()  # worker and beat logs: URLs without query strings or passwords
 
 
 def sync_broker_url() -> None:

@@ -300,7 +300,7 @@ def test_alert_fires_once_per_window_under_concurrency(fast_retries: str) -> Non
 
         def check(_: int) -> list[dict[str, Any]]:
             barrier.wait()
-            return check_alerts(ev, now=now)
+            return check_alerts(ev, now=now, wait=True)
 
         with ThreadPoolExecutor(5) as pool:
             fired = [a for alerts in pool.map(check, range(5)) for a in alerts]
@@ -329,7 +329,7 @@ def test_alert_with_unreachable_webhook_is_logged_and_recorded(
     add_scores(ev, [(T0 + timedelta(minutes=1), "tone", 0.25),
                     (T0 + timedelta(minutes=2), "tone", 0.35)])
     with caplog.at_level(logging.WARNING, logger="workers.alerts"):
-        fired = check_alerts(ev, now=T0 + timedelta(minutes=5))
+        fired = check_alerts(ev, now=T0 + timedelta(minutes=5), wait=True)
     assert len(fired) == 1 and fired[0]["delivered"] is False
     assert fired[0]["error"].startswith("ConnectError")
     row = _alert_rows()[0]
@@ -349,8 +349,8 @@ def test_alert_4xx_is_not_retried_and_no_threshold_means_no_alert(fast_retries: 
         quiet = make_evaluator("quiet-bot")  # no alert_threshold
         add_scores(ev, [(T0, "relevance", 0.5)])
         add_scores(quiet, [(T0, "relevance", 0.0)])
-        assert check_alerts(quiet, now=T0) == []
-        fired = check_alerts(ev, now=T0)
+        assert check_alerts(quiet, now=T0, wait=True) == []
+        fired = check_alerts(ev, now=T0, wait=True)
         assert fired[0]["error"] == "webhook answered HTTP 404"
         assert len(hook.bodies) == 1
         with pytest.raises(LookupError, match="no online evaluator with id 999999"):
