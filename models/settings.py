@@ -118,6 +118,23 @@ class Settings(BaseSettings):
     ingest_max_batch: int = Field(
         1000, ge=1, description="Most runs accepted in one POST /runs."
     )
+    ingest_max_connections: int = Field(
+        200, ge=2, le=100_000, description="`evalq serve`: connections and requests at once; "
+        "a request beyond it is answered 503 (uvicorn's limit_concurrency)."
+    )
+    ingest_header_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="`evalq serve`: a connection that has not sent a "
+        "complete request head this long after connecting (or after its previous response) "
+        "is closed."
+    )
+    ingest_keep_alive_s: int = Field(
+        5, ge=1, le=3600, description="`evalq serve`: an idle keep-alive connection is closed "
+        "after this long (uvicorn's timeout_keep_alive)."
+    )
+    ingest_body_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="`evalq serve`: the whole POST /runs body must arrive "
+        "within this long after its head (408 otherwise)."
+    )
     tick_interval_s: float = Field(
         5.0, gt=0, description="How often beat runs the online tick (each evaluator still "
         "runs at its own --every)."

@@ -2,13 +2,18 @@
 
 One JSON object a line: {"id", "input", "expected", "metadata", "assertions"}.
 Every problem is reported as FILE:LINE: what is wrong, and nothing is written
-until the whole file is valid.
+until the whole file is valid. What the database cannot store (a NUL character,
+a lone surrogate, NaN, nesting deeper than MAX_JSON_DEPTH) is refused here, with
+the field named; `unstorable` is shared with the ingestion of production runs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -20,6 +25,11 @@ FIELDS = ("id", "input", "expected", "metadata", "assertions", "tools")
 STEEL_THREAD_FIELDS = ("dataset", "testcase", "test_case_name", "run", "input_config",
                        "assertions", "id")
 MAX_ID_CHARS = 200  # the width of DatasetItem.key
+MAX_NAME_CHARS = 191  # Dataset.name is 200 wide, and an experiment's default name is NAME@VERSION
+MAX_SOURCE_CHARS = 1000  # the width of Dataset.source (the file's path)
+MAX_JSON_DEPTH = 64  # arrays and objects nested in one field's value (README: Dataset format)
+_MAX_INT_BITS = 13_000  # about 3900 digits; json.dumps refuses integers past 4300 digits
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 @dataclass(frozen=True)
@@ -30,6 +40,101 @@ class ParsedDataset:
     version: str  # content hash: the same cases give the same version
     source: str
     items: list[dict[str, Any]]  # DatasetItem fields: key, position, input, expected, ...
+
+
+def text_problem(text: str) -> str | None:
+    """What makes a string impossible to store (a NUL character, a lone surrogate), or None."""
+    if "\x00" in text:
+        return "contains a NUL character (\\u0000), which the database cannot store"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"contains a lone surrogate (\\u{ord(text[exc.start]):04x}), which is not valid "
+                "Unicode and the database cannot store; send the character itself or a valid "
+                "surrogate pair")
+    return None
+
+
+def shown_key(key: Any) -> str:
+    """An object key as a step of a path: `.name`, or `["any text"]` escaped to printable
+    ASCII and cut at 40 characters (a key may hold NULs, surrogates or terminal escapes)."""
+    text = key if isinstance(key, str) else json.dumps(key)
+    if _PLAIN_KEY.match(text):
+        return f".{text}"
+    quoted = json.dumps(text)  # ensure_ascii: every non-printable character is escaped
+    if len(quoted) > 40:
+        quoted = quoted[:36].rstrip("\\") + '..."'
+    return f"[{quoted}]"
+
+
+def _path(trail: tuple[Any, ...] | None) -> str:
+    steps: list[str] = []
+    while trail is not None:
+        trail, key, is_index = trail
+        steps.append(f"[{key}]" if is_index else shown_key(key))
+    steps.reverse()
+    if len(steps) > 8:  # deep nesting: the start and the end of the path are enough
+        steps[4:-2] = ["(...)"]
+    return "".join(steps)
+
+
+def _node_problem(node: Any, depth: int, max_depth: int) -> str | None:
+    if isinstance(node, str):
+        return text_problem(node)
+    if node is None or isinstance(node, bool):
+        return None
+    if isinstance(node, int):
+        return (f"an integer of more than {_MAX_INT_BITS * 3 // 10} digits"
+                if node.bit_length() > _MAX_INT_BITS else None)
+    if isinstance(node, float):
+        return None if math.isfinite(node) else (
+            "NaN or infinity, which is not valid JSON (a number past 1.8e308 reads as "
+            "infinity); send null or a string")
+    if isinstance(node, dict | list | tuple):
+        if depth > max_depth:
+            return (f"nested deeper than {max_depth} levels of arrays and objects; flatten it "
+                    "or send the deep part as a string")
+        for key in node if isinstance(node, dict) else ():
+            if isinstance(key, str):
+                problem = text_problem(key)
+                if problem:
+                    return f"an object key {problem}"
+            elif not (key is None or isinstance(key, int | float)):
+                return f"an object key is a {type(key).__name__}, not a string"
+        return None
+    return f"a {type(node).__name__} is not a JSON value"
+
+
+def unstorable(value: Any, *, max_depth: int = MAX_JSON_DEPTH) -> tuple[str, str] | None:
+    """The first part of a JSON value that the database cannot store, as (path, problem):
+    path like `[2].text` ("" for the value itself). None when all of it can be stored."""
+    stack: list[tuple[Any, int, tuple[Any, ...] | None]] = [(value, 1, None)]
+    while stack:
+        node, depth, trail = stack.pop()
+        problem = _node_problem(node, depth, max_depth)
+        if problem is not None:
+            return _path(trail), problem
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1, (trail, key, False))
+                         for key, child in reversed(node.items()))
+        elif isinstance(node, list | tuple):
+            stack.extend((node[i], depth + 1, (trail, i, True))
+                         for i in range(len(node) - 1, -1, -1))
+    return None
+
+
+def unstorable_field(fields: Iterable[tuple[Any, Any]]) -> tuple[str, str] | None:
+    """The first (field name, value) that cannot be stored, as (`field.path`, problem);
+    each field's value may nest MAX_JSON_DEPTH levels. None when every field can be stored."""
+    for name, value in fields:
+        problem = text_problem(name) if isinstance(name, str) else "is not a string"
+        if problem:
+            return "", f"a field name {problem}"
+        found = unstorable(value)
+        if found is not None:
+            field = name if _PLAIN_KEY.match(name) else shown_key(name)
+            return field + found[0], found[1]
+    return None
 
 
 def _parse_line(raw: bytes, path: str, lineno: int) -> dict[str, Any] | None:
@@ -44,26 +149,29 @@ def _parse_line(raw: bytes, path: str, lineno: int) -> dict[str, Any] | None:
         return None
     try:
         obj = json.loads(text)
-        json.dumps(obj, ensure_ascii=False).encode("utf-8")
     except json.JSONDecodeError as exc:
         raise DatasetFormatError(
             path, lineno, f"invalid JSON: {exc.msg} at column {exc.colno} "
             "(each line must be one complete JSON object)"
         ) from None
-    except UnicodeEncodeError:
+    except RecursionError:
         raise DatasetFormatError(
-            path, lineno, "a string holds an unpaired surrogate escape (\\udXXX); "
-            "write the character itself or a valid pair"
+            path, lineno, f"nested far deeper than {MAX_JSON_DEPTH} levels of arrays and "
+            "objects, the most a field may hold"
         ) from None
-    except (ValueError, RecursionError) as exc:
+    except ValueError as exc:
         raise DatasetFormatError(
             path, lineno, f"JSON value out of range: {str(exc)[:120]} (very large numbers "
-            "and very deep nesting are refused)"
+            "are refused)"
         ) from None
     if not isinstance(obj, dict):
         raise DatasetFormatError(
             path, lineno, f"a line must be a JSON object, got {type(obj).__name__}"
         )
+    found = unstorable_field(obj.items())
+    if found is not None:
+        field, problem = found
+        raise DatasetFormatError(path, lineno, f"{field}: {problem}" if field else problem)
     return obj
 
 
@@ -173,11 +281,25 @@ def version_of(items: list[dict[str, Any]]) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
+def _check_names(shown: str, name: str) -> None:
+    """The dataset's name and path are stored too: refuse what the database cannot hold."""
+    printable = json.dumps(shown)[1:-1]  # a path from the OS may hold undecodable bytes
+    for what, text, most in (("the dataset name", name, MAX_NAME_CHARS),
+                             ("the file's path", shown, MAX_SOURCE_CHARS)):
+        problem = text_problem(text)
+        if problem is None and len(text) > most:
+            problem = f"is longer than {most} characters"
+        if problem is not None:
+            raise DatasetFormatError(printable, None, f"{what} {problem}; rename the file "
+                                     "(or move it to a shorter path)")
+
+
 def load_dataset_file(path: str | Path, *, max_line_bytes: int, name: str | None = None
                       ) -> ParsedDataset:
     """Parse and validate a JSONL dataset; raises DatasetFormatError on the first problem."""
     p = Path(path)
     shown = str(path)
+    _check_names(shown, name or p.stem)
     try:
         with p.open("rb") as stream:
             lines = _read_lines(stream, shown, max_line_bytes)

@@ -28,3 +28,31 @@ class EnqueueError(SchedulerError):
 
 class WaitTimeout(SchedulerError):
     """wait_for_experiment gave up before the experiment finished (it keeps running)."""
+
+
+class InvalidRun(InputError):
+    """A production run that cannot be stored as sent; nothing of its batch was written.
+    `problems` pairs the field at fault (`output[2].text`, "" for the run as a whole)
+    with what is wrong; `where("runs[3]")` names them inside a batch."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__(f"invalid run: {self.where('')}")
+
+    def where(self, prefix: str) -> str:
+        """The problems as `PREFIX.field: problem; ...` (no prefix: `field: problem`)."""
+        parts = []
+        for field, problem in self.problems:
+            name = prefix + ("." if prefix and field and field[0] != "[" else "") + field
+            parts.append(f"{name}: {problem}" if name else problem)
+        return "; ".join(parts)
+
+
+class StoreFailed(SchedulerError):
+    """The database did not take a write. The message names the error's class, never the
+    SQL or the values; `unavailable` is True when the database could not be reached or
+    was momentarily unable to work (retry later), False for anything else (a bug)."""
+
+    def __init__(self, message: str, *, unavailable: bool) -> None:
+        super().__init__(message)
+        self.unavailable = unavailable

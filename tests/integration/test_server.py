@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import selectors
+import socket
 import subprocess
 import sys
 import time
@@ -274,3 +276,113 @@ def test_serve_refuses_to_start_without_token(embedded_env: EnvPatch,
     finally:
         monkeypatch.undo()
         reset_settings()
+
+
+# --- connection limits: what a client that never finishes cannot hold -----------------------
+
+
+def _connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.setblocking(False)
+    return sock
+
+
+def _wait_closed(socks: list[socket.socket], timeout: float) -> float:
+    """Seconds until the server closed every socket (EOF or reset); fails after `timeout`."""
+    start = time.monotonic()
+    selector = selectors.DefaultSelector()
+    for sock in socks:
+        selector.register(sock, selectors.EVENT_READ)
+    open_ = len(socks)
+    while open_:
+        left = start + timeout - time.monotonic()
+        assert left > 0, f"{open_} of {len(socks)} connections still open after {timeout} s"
+        for key, _ in selector.select(left):
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                selector.unregister(sock)
+                open_ -= 1
+    selector.close()
+    return time.monotonic() - start
+
+
+def test_half_open_connections_are_closed_and_the_server_still_answers(
+        start_server: Callable[..., Server]) -> None:
+    server = start_server(EVALQ_INGEST_HEADER_TIMEOUT_S="2", EVALQ_INGEST_MAX_CONNECTIONS="100")
+    socks = [_connect(server.port) for _ in range(500)]
+    try:
+        for sock in socks[1::2]:  # half send a partial request head, half send nothing
+            sock.send(b"POST /runs HTTP/1.1\r\nHost: x\r\nContent-Le")
+        busy = server.client.get("/health")  # beyond 100 connections: uvicorn's 503
+        assert busy.status_code == 503
+        took = _wait_closed(socks, timeout=2 + 8)
+    finally:
+        for sock in socks:
+            sock.close()
+    assert took < 2 + 8
+    assert server.client.get("/health").status_code == 200
+    assert server.post({"id": "after-the-flood"}).json() == {"inserted": 1, "duplicates": 0}
+
+
+def test_idle_and_trickling_connections_are_closed(start_server: Callable[..., Server]) -> None:
+    server = start_server(EVALQ_INGEST_HEADER_TIMEOUT_S="2", EVALQ_INGEST_KEEP_ALIVE_S="1")
+    idle, trickling = _connect(server.port), _connect(server.port)
+    for sock in (idle, trickling):
+        sock.setblocking(True)
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        sock.setblocking(False)
+    assert _wait_closed([idle], timeout=1 + 5) < 1 + 5  # the keep-alive timeout
+    start = time.monotonic()  # a second request head, one byte every 0.3 s (slowloris)
+    closed = False
+    for byte in b"POST /runs HTTP/1.1\r\nHost: x\r\n" * 10:
+        try:
+            trickling.send(bytes([byte]))
+        except (BrokenPipeError, ConnectionResetError):
+            closed = True
+            break
+        time.sleep(0.3)
+    if not closed:
+        _wait_closed([trickling], timeout=5)
+    assert time.monotonic() - start < 2 + 5  # the header timeout, whatever keeps arriving
+    idle.close()
+    trickling.close()
+
+
+def test_a_body_slower_than_the_body_timeout_is_408(start_server: Callable[..., Server]) -> None:
+    server = start_server(EVALQ_INGEST_BODY_TIMEOUT_S="1")
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(b"POST /runs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Length: 100\r\n"
+                 b"\r\n" + b'[{"id": "slow"')
+    start = time.monotonic()
+    answer = b""
+    while chunk := sock.recv(65536):  # the server answers, then closes
+        answer += chunk
+    sock.close()
+    assert time.monotonic() - start < 1 + 5
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"EVALQ_INGEST_BODY_TIMEOUT_S" in answer
+    assert stored() == []
+
+
+def test_a_token_in_the_query_string_is_refused_and_never_logged(
+        start_server: Callable[..., Server]) -> None:
+    server = start_server()
+    refused = server.client.post(f"/runs?token={TOKEN}", json={"id": "q-1"})
+    assert refused.status_code == 401
+    assert "never in the URL" in refused.json()["error"]
+    also = server.client.post(f"/runs?source=s&access_token={TOKEN}", json={"id": "q-2"})
+    assert also.status_code == 401
+    assert server.post({"id": "q-3"}, params={"source": "kept-out-of-the-log"}).status_code == 200
+    assert [r.external_id for r in stored()] == ["q-3"]
+    server.stop()  # the log is complete
+    log = server.output()
+    assert TOKEN not in log and "token=" not in log and "kept-out-of-the-log" not in log
+    assert log.count('"POST /runs HTTP/1.1" 401') == 2
+    assert '"POST /runs HTTP/1.1" 200' in log

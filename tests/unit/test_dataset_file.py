@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scheduler.dataset_file import load_dataset_file
+from scheduler.dataset_file import MAX_JSON_DEPTH, load_dataset_file
 from scheduler.errors import DatasetFormatError, InputError
 
 MAX = 1024
@@ -343,7 +343,67 @@ def test_crlf_line_of_exactly_max_bytes_keeps_later_line_numbers(tmp_path: Path)
 
 def test_lone_surrogate_escape_is_a_format_error(tmp_path: Path) -> None:
     path = write(tmp_path, b'{"input": "a"}\n{"input": "\\ud800"}\n')
-    assert_error_at(path, 2)
+    assert_error_at(path, 2, "input: ", "lone surrogate (\\ud800)")
+
+
+# --- what the database cannot store: refused at validation, field named ---------------------
+
+
+@pytest.mark.parametrize("line, field, words", [
+    (r'{"input": "a\u0000b"}', "input", ["NUL character (\\u0000)", "cannot store"]),
+    (r'{"input": "q", "expected": ["x", {"t": "\u0000"}]}', "expected[1].t", ["NUL"]),
+    (r'{"input": "q", "metadata": {"tag\udc00": 1}}', "metadata", ["object key",
+                                                                   "lone surrogate"]),
+    (r'{"input": "q", "metadata": {"a b": "\udfff"}}', 'metadata["a b"]', ["\\udfff"]),
+    (r'{"id": "x\u0000", "input": "q"}', "id", ["NUL"]),
+    (r'{"input": "q", "expected": NaN}', "expected", ["NaN or infinity"]),
+    (r'{"input": "q", "expected": -Infinity}', "expected", ["NaN or infinity"]),
+    (r'{"input": 1e400}', "input", ["infinity"]),
+    (r'{"input": "q", "colour\u0000": 1}', "", ["a field name contains a NUL"]),
+    (r'{"input_config": {"value": "q\ud800"}, "testcase": "t"}', "input_config.value",
+     ["lone surrogate"]),
+])
+def test_what_the_database_cannot_store_names_line_and_field(
+        tmp_path: Path, line: str, field: str, words: list[str]) -> None:
+    path = write(tmp_path, '{"input": "fine"}\n' + line + "\n")
+    message = assert_error_at(path, 2, *words)
+    assert message.startswith(f"{path}:2: {field}: " if field else f"{path}:2: a field")
+    message.encode("ascii")  # the hostile text is escaped, never printed as itself
+
+
+def nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+def test_nesting_up_to_the_limit_is_kept_and_one_more_level_refused(tmp_path: Path) -> None:
+    deep = nested(MAX_JSON_DEPTH)
+    parsed = load_dataset_file(write(tmp_path, lines({"input": deep})), max_line_bytes=MAX)
+    assert parsed.items[0]["input"] == deep
+    path = write(tmp_path, lines({"input": "ok"}, {"input": "q", "expected": nested(65)}))
+    message = assert_error_at(path, 2, "expected", "deeper than 64 levels")
+    assert "(...)" in message  # a deep path is shortened
+
+
+def test_500_levels_of_nesting_is_a_format_error_naming_the_field(tmp_path: Path) -> None:
+    path = write(tmp_path, '{"input": ' + "[" * 500 + "]" * 500 + "}\n")
+    assert_error_at(path, 1, "input[0]", "deeper than 64", max_line_bytes=1024 * 1024)
+
+
+@pytest.mark.parametrize("name, words", [
+    ("n" * 192, ["the dataset name", "longer than 191"]),
+    ("a\x00b", ["the dataset name", "NUL"]),
+    ("a\udcff", ["the dataset name", "lone surrogate"]),
+])
+def test_a_name_the_database_cannot_store_is_refused(tmp_path: Path, name: str,
+                                                      words: list[str]) -> None:
+    path = write(tmp_path, lines({"input": "q"}))
+    with pytest.raises(DatasetFormatError) as info:
+        load_dataset_file(path, max_line_bytes=MAX, name=name)
+    for word in words:
+        assert word in str(info.value)
 
 
 def test_huge_integer_literal_is_a_format_error(tmp_path: Path) -> None:
@@ -353,7 +413,7 @@ def test_huge_integer_literal_is_a_format_error(tmp_path: Path) -> None:
 
 def test_deeply_nested_json_is_a_format_error(tmp_path: Path) -> None:
     path = write(tmp_path, '{"input": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
-    assert_error_at(path, 1, max_line_bytes=1024 * 1024)
+    assert_error_at(path, 1, "deeper than 64", max_line_bytes=1024 * 1024)
 
 
 def test_distinct_long_ids_are_not_reported_as_duplicates(tmp_path: Path) -> None:
@@ -369,21 +429,25 @@ def test_distinct_long_ids_are_not_reported_as_duplicates(tmp_path: Path) -> Non
 
 # --- fuzz: nothing but DatasetFormatError escapes -------------------------------------------
 
-# Lone surrogates, >4300-digit integers and deep nesting have their own tests above.
+# >4300-digit integers and 100,000 levels of nesting have their own tests above.
+hostile_text = st.lists(st.characters() | st.sampled_from(["\x00", "\ud800", "\udfff"]),
+                        max_size=6).map("".join)
 json_scalars = (
     st.none()
     | st.booleans()
     | st.integers(min_value=-(2**64), max_value=2**64)
     | st.floats()
     | st.text(max_size=20)
+    | hostile_text
 )
 json_values = st.recursive(
     json_scalars,
     lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=8) | hostile_text, inner, max_size=4)
     ),
     max_leaves=12,
-)
+) | st.integers(MAX_JSON_DEPTH - 1, MAX_JSON_DEPTH + 1).map(nested)
 # Mostly-valid cases, so that the success path (ids, duplicates, version) is fuzzed too.
 case_like = st.fixed_dictionaries(
     {"input": json_values},
@@ -412,6 +476,10 @@ def load_or_format_error(path: Path, max_line_bytes: int) -> None:
     assert parsed.items
     assert len({i["key"] for i in parsed.items}) == len(parsed.items)
     assert all(i["input"] is not None for i in parsed.items)
+    # What was accepted, PostgreSQL can store: no NUL, valid Unicode, finite numbers.
+    text = json.dumps(parsed.items, ensure_ascii=False, allow_nan=False)
+    assert "\\u0000" not in text
+    text.encode("utf-8")
 
 
 @fuzz_settings
