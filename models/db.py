@@ -50,6 +50,7 @@ def create_db_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         engine = sa.create_engine(
             url,
+            hide_parameters=True,  # errors never carry the user's data (logs, Flower)
             connect_args={"check_same_thread": False, "timeout": 60},
             pool_size=20,
             max_overflow=50,
@@ -57,7 +58,8 @@ def create_db_engine(url: str) -> Engine:
         _configure_sqlite(engine)
         return engine
     return sa.create_engine(
-        url, pool_size=10, max_overflow=60, pool_pre_ping=True, pool_recycle=1800
+        url, pool_size=10, max_overflow=60, pool_pre_ping=True, pool_recycle=1800,
+        hide_parameters=True,
     )
 
 

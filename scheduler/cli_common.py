@@ -22,7 +22,7 @@ def handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from sqlalchemy.exc import OperationalError, ProgrammingError
+        from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 
         from models.errors import StorageError
         from scheduler.errors import SchedulerError
@@ -46,8 +46,22 @@ def handle_errors(fn: F) -> F:
             render.err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False,
                              soft_wrap=True)
             raise typer.Exit(1) from None
+        except SQLAlchemyError as exc:
+            # Never the SQL or its values (they hold the user's data): the kind of failure.
+            render.err.print(f"[red]error:[/red] {escape(database_failure(exc))}",
+                             highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def database_failure(exc: Exception) -> str:
+    """What went wrong in the database, without the statement or its parameters."""
+    orig = getattr(exc, "orig", None)
+    kind = type(orig if orig is not None else exc).__name__
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return (f"the database failed ({kind}{f', SQLSTATE {code}' if code else ''}); check "
+            "EVALQ_DATABASE_URL and that the database is up, then run the command again")
 
 
 def _raise_if_not_migrated(exc: Exception) -> None:

@@ -57,3 +57,15 @@ def test_a_dataset_name_never_leaves_the_datasets_folder(embedded_env, tmp_path:
         code, _, err = _run("run", str(tmp_path / "outside.jsonl"), "--model", "evalq/toy",
                             "--no-wait")
         assert code == 0, err
+
+
+def test_a_database_failure_prints_no_sql_and_no_traceback(tmp_path: Path):
+    """A database that is not there: one line saying so and what to check, exit 1; never
+    a traceback, an SQL statement or its parameters."""
+    with EnvPatch(EVALQ_DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:5432/"
+                                     "evalq_no_such_database"):
+        for args in (["list"], ["status", "1"], ["report", "1"]):
+            code, out, err = _run(*args)
+            assert code == 1, (args, out, err)
+            assert "the database failed" in err and "EVALQ_DATABASE_URL" in err, err
+            assert "Traceback" not in out + err and "SELECT" not in out + err
