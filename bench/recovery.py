@@ -36,7 +36,7 @@ def main() -> None:
         for _ in range(args.repeat):
             done = subprocess.run(
                 [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS],
-                cwd=REPO, env={**os.environ, "EVALQ_RECOVERY_RESULTS": str(lines)},
+                cwd=REPO, env={**os.environ, "BENCH_RECOVERY_RESULTS": str(lines)},
                 check=False)
             if done.returncode != 0:
                 raise SystemExit(f"the reliability tests failed (exit {done.returncode}): "

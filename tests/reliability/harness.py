@@ -244,12 +244,13 @@ def held_by(name: str, task: str = "evalq.run_items") -> list[Any]:
 
 
 def report_recovery(test: str, broker: str, seconds: float, **details: Any) -> None:
-    """Print how long a recovery took; with EVALQ_RECOVERY_RESULTS=path also append it
-    as a JSON line there (`python -m bench.recovery` collects them for the README)."""
+    """Print how long a recovery took; with BENCH_RECOVERY_RESULTS=path also append it
+    as a JSON line there (`python -m bench.recovery` collects them for the README; not an
+    EVALQ_ variable, which tests/conftest.py clears)."""
     import os
 
     print(f"\n{test} [{broker}]: recovered in {seconds:.1f} s {details}")
-    path = os.environ.get("EVALQ_RECOVERY_RESULTS")
+    path = os.environ.get("BENCH_RECOVERY_RESULTS")
     if path:
         with open(path, "a") as fh:
             fh.write(json.dumps({"test": test, "broker": broker, "seconds": round(seconds, 2),
