@@ -107,6 +107,12 @@ class Settings(BaseSettings):
     target_timeout_s: float = Field(
         600.0, gt=0, description="Longest a Python callable target may take on one test case."
     )
+    scorer_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="Longest one scorer may take on one sample before it "
+        "is 'could not score' (regular expressions stop by themselves at this limit). Scorers "
+        "that call a model (judges, embeddings) get EVALQ_REQUEST_TIMEOUT_S x "
+        "EVALQ_MAX_ATTEMPTS instead, if that is longer."
+    )
     ingest_token: SecretStr | None = Field(
         None,
         description="Bearer token that `evalq serve` requires on POST /runs (the server "

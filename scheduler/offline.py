@@ -106,21 +106,26 @@ def _check_params(model_params: dict[str, Any] | None) -> dict[str, Any]:
 
 def _validate_items(parsed: ParsedDataset, prompt: str | None, needs_expected: list[str],
                     check_prompt: bool) -> None:
+    from workers.errors import UnknownScorer
     from workers.prompt import DEFAULT_TEMPLATE, check_template
-    from workers.scorers.registry import bind, normalise_spec
+    from workers.scorers.registry import bind_from_data
 
     for item in parsed.items:
         line = item["position"]
         try:
             if check_prompt:
                 check_template(prompt or DEFAULT_TEMPLATE, item["input"], item["meta"])
-            for spec in item["assertions"] or []:
-                if spec.get("type") == "custom":
-                    continue  # key/values for custom scorers
-                name, params = normalise_spec(spec)
-                bind(name, params, f"assert:{name}")
         except WorkerError as exc:
             raise DatasetFormatError(parsed.source, line, str(exc)) from None
+        for index, spec in enumerate(item["assertions"] or []):
+            if spec.get("type") == "custom":
+                continue  # key/values for custom scorers
+            try:  # data names registered scorers only: a module:function is never imported
+                bind_from_data(spec, f"assert:{spec.get('type')}")
+            except WorkerError as exc:
+                field = f"assertions[{index}]" + (".type" if isinstance(exc, UnknownScorer)
+                                                  else "")
+                raise DatasetFormatError(parsed.source, line, f"{field}: {exc}") from None
         if needs_expected and item["expected"] is None:
             raise DatasetFormatError(
                 parsed.source, line, f"\"expected\" is missing — scorer {needs_expected[0]} "

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import threading
+import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +26,10 @@ from workers.errors import ScorerError, WorkerError
 from workers.llm import ModelOutcome, call_model, redact
 from workers.prompt import render_messages
 from workers.scorers import ResolvedScorer, Sample, ScoreValue, rebind
-from workers.scorers.registry import bind, normalise_spec
+from workers.scorers.registry import bind_from_data
 from workers.targets import call_target
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -121,17 +126,36 @@ def load_case(item_id: int) -> Case:
     return case
 
 
+def _unscorable(label: str, name: str, why: str) -> ResolvedScorer:
+    """A scorer that can only say "could not score", and why."""
+
+    def score(sample: Sample) -> ScoreValue:
+        raise ScorerError(why)
+
+    return ResolvedScorer(label, name, "1", {}, score)
+
+
 def assertion_scorers(case: Case) -> list[ResolvedScorer]:
-    """The test case's own assertions, as scorers labelled assert:TYPE."""
+    """The test case's own assertions, as scorers labelled assert:TYPE. They are data:
+    registered scorers only (a module:function path is never imported). An assertion that
+    cannot be bound (a dataset stored before a check existed) is "could not score" for
+    this case, with the reason; the other assertions still score."""
     scorers: list[ResolvedScorer] = []
     seen: dict[str, int] = {}
     for spec in case.assertions:
-        if spec.get("type") == "custom":
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if kind == "custom":
             continue  # data for custom scorers (Sample.custom), not a check of its own
-        name, params = normalise_spec(spec)
+        name = kind.strip() if isinstance(kind, str) else "?"
         seen[name] = seen.get(name, 0) + 1
         label = f"assert:{name}" + (f"#{seen[name]}" if seen[name] > 1 else "")
-        scorers.append(bind(name, params, label))
+        try:
+            scorers.append(bind_from_data(spec, label))
+        except WorkerError as exc:
+            scorers.append(_unscorable(label, name, f"invalid assertion: {exc}"))
+        except Exception as exc:  # noqa: BLE001 - data (a too deep schema) must not crash the item
+            scorers.append(_unscorable(label, name, f"invalid assertion: "
+                                       f"{type(exc).__name__}: {str(exc)[:500]}"))
     return scorers
 
 
@@ -154,12 +178,75 @@ def _score_row(scorer: ResolvedScorer, verdict: ScoreValue | None, error: str | 
     return row
 
 
-async def run_scorer(scorer: ResolvedScorer, sample: Sample) -> dict[str, Any]:
-    """One Score row; a scorer that cannot score yields a row with `error`, not a 0."""
+def scorer_deadline(scorer: ResolvedScorer, settings: Settings) -> float:
+    """Seconds one call of `scorer` may take: EVALQ_SCORER_TIMEOUT_S, or for a scorer that
+    calls a model (a judge) its calls' own bound, EVALQ_REQUEST_TIMEOUT_S x
+    EVALQ_MAX_ATTEMPTS, when that is longer."""
+    if scorer.network:
+        return max(settings.scorer_timeout_s, settings.request_timeout_s * settings.max_attempts)
+    return settings.scorer_timeout_s
+
+
+class _Raised:
+    """What an async scorer raised, carried out of its task as a value: a SystemExit or
+    KeyboardInterrupt raised out of a task would stop the event loop itself."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _PastDeadline(Exception):
+    """The scorer gave no verdict before its deadline."""
+
+
+async def _guarded(awaitable: Awaitable[Any]) -> Any:
     try:
-        verdict = scorer.fn(sample)
+        return await awaitable
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - see _Raised
+        return _Raised(exc)
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: no "exception was never retrieved" warning
+
+
+async def _within(awaitable: Awaitable[Any], deadline: float) -> Any:
+    """The awaitable's result, or _PastDeadline at `deadline` (time.monotonic()). Not
+    asyncio.wait_for, which waits for the cancelled work to end: a scorer may never."""
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - time.monotonic()))
+    if not done:
+        task.cancel()
+        task.add_done_callback(_forget)
+        raise _PastDeadline
+    return task.result()
+
+
+async def _call(scorer: ResolvedScorer, sample: Sample, deadline: float) -> Any:
+    """The scorer's verdict: a coroutine function runs on the loop; anything else on a
+    daemon thread, never on the loop (an awaitable it returns is awaited on the loop)."""
+    if inspect.iscoroutinefunction(scorer.fn):
+        verdict = await _within(_guarded(scorer.fn(sample)), deadline)
+    else:
+        verdict = await _within(aio.in_thread(scorer.fn, sample), deadline)
         if inspect.isawaitable(verdict):
-            verdict = await verdict
+            verdict = await _within(_guarded(verdict), deadline)
+    if isinstance(verdict, _Raised):
+        raise verdict.error
+    return verdict
+
+
+async def run_scorer(scorer: ResolvedScorer, sample: Sample) -> dict[str, Any]:
+    """One Score row; a scorer that cannot score yields a row with `error`, not a 0. Each
+    call has a deadline (`scorer_deadline`); missing it, or raising anything (SystemExit
+    and KeyboardInterrupt included), is "could not score" for this sample only."""
+    settings = get_settings()
+    limit = scorer_deadline(scorer, settings)
+    try:
+        verdict = await _call(scorer, sample, time.monotonic() + limit)
         if isinstance(verdict, bool | int | float):
             verdict = ScoreValue(float(verdict))
         if not isinstance(verdict, ScoreValue):
@@ -167,7 +254,15 @@ async def run_scorer(scorer: ResolvedScorer, sample: Sample) -> dict[str, Any]:
         return _score_row(scorer, verdict, None)
     except ScorerError as exc:
         return _score_row(scorer, None, str(exc))
-    except Exception as exc:  # noqa: BLE001 - a broken scorer must not crash the item
+    except _PastDeadline:
+        setting = ("EVALQ_REQUEST_TIMEOUT_S x EVALQ_MAX_ATTEMPTS"
+                   if limit > settings.scorer_timeout_s else "EVALQ_SCORER_TIMEOUT_S")
+        log.warning("scorer %s gave no verdict within %g s; a thread still running it, if "
+                    "any, is left to finish on its own", scorer.label, limit)
+        return _score_row(scorer, None, f"timed out: no verdict within {limit:g} s ({setting})")
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a broken scorer must not crash the item
         return _score_row(scorer, None, redact(f"{type(exc).__name__}: {exc}")[:2000])
 
 
@@ -223,10 +318,9 @@ async def evaluate(plan: Plan, case: Case, settings: Settings, repeat: int = 0
         cost_usd=outcome.cost_usd if outcome.cost_known else None,
         outcome=outcome.outcome, steps=outcome.steps, custom=case.custom(),
     )
-    try:
-        scorers = [*plan.scorers, *assertion_scorers(case)]
-    except WorkerError as exc:
-        return ModelOutcome(error=f"invalid assertion: {exc}", error_type="AssertionConfig"), []
+    scorers = list(plan.scorers)
+    if case.assertions:  # binding checks data (a schema, a pattern): not on the loop
+        scorers += await aio.in_thread(assertion_scorers, case)
     scores = [await run_scorer(s, sample) for s in scorers]
     return outcome, scores
 

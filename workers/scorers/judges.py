@@ -229,7 +229,7 @@ def _scaled(session: JudgeSession, answer: dict[str, Any], lo: int, hi: int,
                            {"score": raw, "scale": [lo, hi], **metadata})
 
 
-@register_scorer("llm_rubric", version="1")
+@register_scorer("llm_rubric", version="1", network=True)
 def llm_rubric(*, criteria: str, scale_min: int = 1, scale_max: int = 5,
                pass_threshold: float = 0.5, include_expected: bool = False,
                model: str | None = None, api_base: str | None = None,
@@ -255,7 +255,7 @@ def llm_rubric(*, criteria: str, scale_min: int = 1, scale_max: int = 5,
     return score
 
 
-@register_scorer("llm_correctness", version="1", reference_param="value")
+@register_scorer("llm_correctness", version="1", reference_param="value", network=True)
 def llm_correctness(*, model: str | None = None, api_base: str | None = None,
                     value: Any = None, params: dict[str, Any] | None = None) -> ScorerFn:
     """A judge compares the output with the reference answer: correct, partially, or not."""
@@ -295,7 +295,7 @@ def _baseline(explicit: Any, sample: Sample) -> tuple[str, str]:
                       "metadata.baseline_output or expected")
 
 
-@register_scorer("llm_pairwise", version="1")
+@register_scorer("llm_pairwise", version="1", network=True)
 def llm_pairwise(*, criteria: str = "Which response better answers the input?",
                  baseline: str | None = None, model: str | None = None,
                  api_base: str | None = None,
@@ -330,7 +330,7 @@ def llm_pairwise(*, criteria: str = "Which response better answers the input?",
     return score
 
 
-@register_scorer("g_eval", version="1")
+@register_scorer("g_eval", version="1", network=True)
 def g_eval(*, criteria: str, steps: list[str] | None = None, scale_min: int = 1,
            scale_max: int = 5, pass_threshold: float = 0.5, model: str | None = None,
            api_base: str | None = None, params: dict[str, Any] | None = None) -> ScorerFn:

@@ -67,7 +67,7 @@ def _preset(name: str) -> None:
 
     factory.__doc__ = f"Online agent judge (llm_rubric, 1-5, passes at 4): {CRITERIA[name]}"
     factory.__name__ = name
-    register_scorer(name, version="1")(factory)
+    register_scorer(name, version="1", network=True)(factory)
 
 
 for _name in CRITERIA:

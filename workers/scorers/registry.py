@@ -3,6 +3,11 @@
 A scorer spec is a name (`"exact_match"`) or a dict (`{"type": "regex", "pattern":
 "^\\d+$"}`); `resolve_scorers` validates specs before anything is enqueued and
 records name + parameters + version, so a run can be replayed.
+
+Data is never code: a spec that comes from a dataset (a test case's assertions) is bound
+with `bind_from_data`, which knows registered scorers only and refuses a `module:function`
+path without importing it. Only the operator's own specs (`--scorer`, the Python API's
+`scorers=`) may name code to import.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ class ScorerInfo:
     factory: Callable[..., ScorerFn]
     description: str
     reference_param: str | None = None  # falls back to the test case's expected when unset
+    network: bool = False  # calls a model or an API: the longer, network deadline applies
 
     def parameters(self) -> dict[str, Any]:
         """Parameter name -> default (inspect.Parameter.empty if required)."""
@@ -48,15 +54,18 @@ def register_scorer(
     version: str = "1",
     description: str | None = None,
     reference_param: str | None = None,
+    network: bool = False,
 ) -> Callable[[Callable[..., ScorerFn]], Callable[..., ScorerFn]]:
     """Decorator: register a factory (keyword-only parameters) under `name`.
 
     `reference_param` names the parameter that, when not given, is replaced by the
-    test case's "expected" (so such a scorer needs expected on every line)."""
+    test case's "expected" (so such a scorer needs expected on every line). `network`:
+    the scorer calls a model or an API, so its deadline is the network one
+    (EVALQ_REQUEST_TIMEOUT_S x EVALQ_MAX_ATTEMPTS), not EVALQ_SCORER_TIMEOUT_S."""
 
     def decorate(factory: Callable[..., ScorerFn]) -> Callable[..., ScorerFn]:
         doc = description or " ".join((inspect.getdoc(factory) or "").split("\n\n")[0].split())
-        info = ScorerInfo(name, version, factory, doc, reference_param)
+        info = ScorerInfo(name, version, factory, doc, reference_param, network)
         _REGISTRY[name] = info
         setattr(factory, "__evalq_scorer__", info)  # noqa: B010  (found by module:attr specs)
         return factory
@@ -102,7 +111,8 @@ def _load_entry_points() -> None:
         if ep.name not in _REGISTRY and not isinstance(getattr(obj, "__evalq_scorer__", None),
                                                        ScorerInfo):
             _REGISTRY[ep.name] = ScorerInfo(ep.name, str(getattr(obj, "version", "1")),
-                                            lambda obj=obj: obj, inspect.getdoc(obj) or "")
+                                            lambda obj=obj: obj, inspect.getdoc(obj) or "",
+                                            network=bool(getattr(obj, "network", False)))
 
 
 def known_scorers() -> dict[str, ScorerInfo]:
@@ -121,6 +131,7 @@ class ResolvedScorer:
     params: dict[str, Any]
     fn: ScorerFn
     reference_param: str | None = None
+    network: bool = False
 
     @property
     def needs_expected(self) -> bool:
@@ -160,12 +171,34 @@ def _dotted(name: str) -> ScorerInfo:
     def factory() -> ScorerFn:
         return obj  # type: ignore[no-any-return]
 
-    return ScorerInfo(name, getattr(obj, "version", "1"), factory, inspect.getdoc(obj) or "")
+    return ScorerInfo(name, getattr(obj, "version", "1"), factory, inspect.getdoc(obj) or "",
+                      network=bool(getattr(obj, "network", False)))
 
 
-def lookup(name: str) -> ScorerInfo:
-    """The registered scorer called `name` (or a `module:attr` dotted path)."""
+def is_import_path(name: str) -> bool:
+    """True for a name that reads as code to import (`package.module:function`, `os.system`)
+    rather than as a scorer's name."""
+    return ":" in name or "." in name
+
+
+def lookup(name: str, *, allow_import: bool = True) -> ScorerInfo:
+    """The registered scorer called `name`, or with `allow_import` (the operator's own
+    specs only) the scorer at a `module:attr` dotted path, imported. Without it, a dotted
+    path is refused and never imported."""
     _load_builtins()
+    if not allow_import:
+        info = _REGISTRY.get(name)
+        if info is not None:
+            return info
+        known = ", ".join(known_scorers())
+        if is_import_path(name):
+            raise UnknownScorer(
+                f"{name!r} is an import path, and a dataset may name registered scorers only "
+                f"(it was not imported): {known}. Give a custom scorer with --scorer "
+                "module:function, or register it (@register_scorer in a module your workers "
+                "import, or an evalq.scorers entry point) and name it here"
+            )
+        raise UnknownScorer(f"unknown scorer {name!r}; known scorers: {known}")
     if ":" in name:
         return _dotted(name)
     info = _REGISTRY.get(name)
@@ -178,9 +211,11 @@ def lookup(name: str) -> ScorerInfo:
     return info
 
 
-def bind(name: str, params: dict[str, Any], label: str) -> ResolvedScorer:
-    """Validate `params` against the factory and build the scoring callable."""
-    info = lookup(name)
+def bind(name: str, params: dict[str, Any], label: str, *, allow_import: bool = True
+         ) -> ResolvedScorer:
+    """Validate `params` against the factory and build the scoring callable.
+    `allow_import=False` for a name that comes from data (see `lookup`)."""
+    info = lookup(name, allow_import=allow_import)
     accepted = info.parameters()
     unknown = sorted(set(params) - set(accepted))
     if unknown:
@@ -195,7 +230,15 @@ def bind(name: str, params: dict[str, Any], label: str) -> ResolvedScorer:
         fn = info.factory(**params)
     except (TypeError, ValueError) as exc:
         raise ScorerConfigError(f"scorer {name!r}: {exc}") from exc
-    return ResolvedScorer(label, info.name, info.version, params, fn, info.reference_param)
+    return ResolvedScorer(label, info.name, info.version, params, fn, info.reference_param,
+                          info.network)
+
+
+def bind_from_data(spec: Any, label: str) -> ResolvedScorer:
+    """A scorer named by a dataset (a test case's assertion): registered scorers only; a
+    `module:function` path is refused (UnknownScorer) without being imported."""
+    name, params = normalise_spec(spec)
+    return bind(name, params, label, allow_import=False)
 
 
 def resolve_scorers(specs: list[str | dict[str, Any]]) -> list[ResolvedScorer]:

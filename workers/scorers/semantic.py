@@ -51,7 +51,8 @@ def _cost(litellm: Any, response: Any, model: str) -> float:
         return 0.0
 
 
-@register_scorer("embedding_similarity", version="1", reference_param="value")
+@register_scorer("embedding_similarity", version="1", reference_param="value",
+                 network=True)
 def embedding_similarity(*, value: Any = None, threshold: float = 0.8,
                          model: str | None = None, api_base: str | None = None) -> ScorerFn:
     """Cosine similarity of output and expected (best of a list) embeddings; passes at threshold."""

@@ -16,7 +16,7 @@ from workers.scorers.registry import bind, register_scorer
 OUTPUT_TYPES = ("exact_match", "partial_match", "llm_judge")
 
 
-@register_scorer("final_output", version="1", reference_param="value")
+@register_scorer("final_output", version="1", reference_param="value", network=True)
 def final_output(
     *, output_type: str = "exact_match", value: Any = None, model: str | None = None,
     api_base: str | None = None,
@@ -36,7 +36,7 @@ def final_output(
     return inner.fn
 
 
-@register_scorer("llm_as_judge", version="1")
+@register_scorer("llm_as_judge", version="1", network=True)
 def llm_as_judge(*, value: str, model: str | None = None, api_base: str | None = None
                  ) -> ScorerFn:
     """Steel Thread: an LLM judge rates how well the output meets the expectation `value`

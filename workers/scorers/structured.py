@@ -5,15 +5,22 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator
 from typing import Any
 
-from jsonschema.exceptions import SchemaError
-from jsonschema.validators import validator_for
+from jsonschema.exceptions import SchemaError, ValidationError
+from jsonschema.validators import extend, validator_for
 from referencing.exceptions import Unresolvable
 
 from workers.errors import ScorerError
 from workers.scorers.base import Sample, ScorerFn, ScoreValue
-from workers.scorers.deterministic import _output
+from workers.scorers.deterministic import (
+    _clip,
+    _output,
+    bounded_match,
+    compile_pattern,
+    regex_budget,
+)
 from workers.scorers.registry import register_scorer
 from workers.scorers.text import check_number
 
@@ -51,24 +58,123 @@ def _short(value: Any, limit: int = 80) -> str:
 
 # --- json_schema ------------------------------------------------------------------------------
 
-@register_scorer("json_schema", version="1")
-def json_schema(*, schema: dict[str, Any]) -> ScorerFn:
-    """Output is JSON that validates against a JSON Schema (draft from its $schema)."""
-    if not isinstance(schema, dict):
-        raise TypeError(f"schema must be a JSON Schema object, got {type(schema).__name__}")
+_LITERAL_KEYWORDS = ("const", "enum", "default", "examples")  # data, not subschemas
+
+
+def _walk(node: Any) -> Iterator[tuple[str, Any]]:
+    """Every (keyword, value) of a schema and its subschemas (literal values skipped)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key, value
+            if key not in _LITERAL_KEYWORDS:
+                yield from _walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _walk(item)
+
+
+def _patterns(schema: dict[str, Any]) -> Iterator[str]:
+    """The regular expressions of a schema: `pattern` values, `patternProperties` keys."""
+    for key, value in _walk(schema):
+        if key == "pattern" and isinstance(value, str):
+            yield value
+        elif key == "patternProperties" and isinstance(value, dict):
+            yield from value
+
+
+def _schema_regex(pattern: Any) -> Any:
+    """A schema's pattern compiled for `bounded_match` (a bad one: could not score)."""
+    try:
+        return compile_pattern(pattern)
+    except (TypeError, ValueError) as exc:
+        raise ScorerError(f"json_schema: pattern {_clip(str(pattern))} cannot be used: "
+                          f"{exc}") from None
+
+
+# jsonschema's own `pattern`, `patternProperties` and `additionalProperties`, with the
+# schema's patterns run by `bounded_match` (the stdlib's re has no timeout).
+def _pattern(validator: Any, pattern: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    if validator.is_type(instance, "string") and not bounded_match(_schema_regex(pattern),
+                                                                   instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _pattern_properties(validator: Any, patterns: Any, instance: Any, schema: Any
+                        ) -> Iterator[Any]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        rx = _schema_regex(pattern)
+        for key, value in instance.items():
+            if bounded_match(rx, key):
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+def _additional_properties(validator: Any, additional: Any, instance: Any, schema: Any
+                           ) -> Iterator[Any]:
+    if not validator.is_type(instance, "object"):
+        return
+    properties = schema.get("properties", {})
+    patterns = [_schema_regex(p) for p in schema.get("patternProperties", {})]
+    extras = [key for key in instance if key not in properties
+              and not any(bounded_match(rx, key) for rx in patterns)]
+    if validator.is_type(additional, "object"):
+        for extra in extras:
+            yield from validator.descend(instance[extra], additional, path=extra)
+    elif not additional and extras:
+        listed = ", ".join(repr(each) for each in sorted(extras, key=str))
+        if "patternProperties" in schema:
+            verb = "does" if len(extras) == 1 else "do"
+            regexes = ", ".join(repr(each) for each in sorted(schema["patternProperties"]))
+            yield ValidationError(f"{listed} {verb} not match any of the regexes: {regexes}")
+        else:
+            verb = "was" if len(extras) == 1 else "were"
+            yield ValidationError(f"Additional properties are not allowed ({listed} {verb} "
+                                  "unexpected)")
+
+
+_BOUNDED_KEYWORDS = {"pattern": _pattern, "patternProperties": _pattern_properties,
+                     "additionalProperties": _additional_properties}
+
+
+def _bounded_validator(schema: dict[str, Any]) -> Any:
+    """A validator of the schema's draft whose regular expressions cannot run away.
+    ValueError for a schema evalq cannot bound: a bad pattern, or patternProperties
+    together with unevaluatedProperties (jsonschema matches those with the stdlib's re)."""
     cls = validator_for(schema)
     try:
         cls.check_schema(schema)
     except SchemaError as exc:
         raise ValueError(f"invalid JSON Schema at {exc.json_path}: {exc.message}") from None
-    validator = cls(schema)
+    keywords = {key for key, _ in _walk(schema)}
+    if {"patternProperties", "unevaluatedProperties"} <= keywords:
+        raise ValueError("patternProperties together with unevaluatedProperties is not "
+                         "supported (their patterns could not be given a time limit); use "
+                         "additionalProperties instead of unevaluatedProperties")
+    for pattern in _patterns(schema):
+        try:
+            compile_pattern(pattern)
+        except ValueError as exc:
+            raise ValueError(f"invalid regular expression {_clip(pattern)} in the schema: "
+                             f"{exc}") from None
+    bounded = {k: fn for k, fn in _BOUNDED_KEYWORDS.items() if k in cls.VALIDATORS}
+    return extend(cls, bounded)(schema)
+
+
+@register_scorer("json_schema", version="1")
+def json_schema(*, schema: dict[str, Any]) -> ScorerFn:
+    """Output is JSON that validates against a JSON Schema (draft from its $schema)."""
+    if not isinstance(schema, dict):
+        raise TypeError(f"schema must be a JSON Schema object, got {type(schema).__name__}")
+    validator = _bounded_validator(schema)
 
     def score(sample: Sample) -> ScoreValue:
         data, problem = _parse_json(sample, "json_schema")
         if problem is not None:
             return ScoreValue(0.0, False, problem)
         try:
-            errors = sorted(validator.iter_errors(data), key=lambda e: e.json_path)
+            with regex_budget():
+                errors = sorted(validator.iter_errors(data), key=lambda e: e.json_path)
         except Unresolvable as exc:
             raise ScorerError(f"json_schema: the schema has a $ref that cannot be resolved "
                               f"({exc}); inline the referenced schema under $defs") from exc
