@@ -178,7 +178,7 @@ def test_a_slow_sync_scorer_times_out_off_the_loop(short_deadline: float) -> Non
     assert time.monotonic() - started < short_deadline + 1.0
     assert row["value"] is None and row["error"].startswith("timed out")
     assert "EVALQ_SCORER_TIMEOUT_S" in row["error"]
-    assert ticks > 10
+    assert ticks > 5  # ~50 when nothing else runs; 0 if the loop were held
 
 
 def test_an_async_scorer_that_ignores_cancellation_still_times_out(short_deadline: float
@@ -224,7 +224,7 @@ def test_nested_plus_is_fast_with_the_regex_package() -> None:
     (rx,) = resolve_scorers([{"type": "regex", "pattern": "(a+)+$"}])
     started = time.monotonic()
     assert rx.fn(Sample("q", None, SUBJECT)).value == 0.0
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 2.0  # the stdlib's re: 27 a's took 9 s, 40 far longer
 
 
 def test_a_catastrophic_expected_pattern_stops_too(short_deadline: float) -> None:
