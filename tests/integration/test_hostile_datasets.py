@@ -123,6 +123,26 @@ def test_a_dataset_naming_code_is_refused_before_anything_is_imported_or_stored(
     assert _counts() == before and fake_llm.stats()["total"] == 0
 
 
+@pytest.mark.parametrize("assertion", [
+    {"type": "llm_rubric", "criteria": "ok", "api_base": "http://attacker.invalid/v1"},
+    {"type": "llm_rubric", "criteria": "ok", "params": {"base_url": "http://attacker.invalid"}},
+    {"type": "llm_correctness", "params": {"extra_headers": {"X-Forward": "1"}}},
+])
+def test_a_dataset_cannot_send_a_judge_and_its_key_elsewhere(
+        embedded_env, fake_llm: FakeLLM, tmp_path: Path, assertion: dict[str, Any]):
+    """Where a judge's request goes (and the provider key with it) is the operator's
+    choice: a dataset line that sets an endpoint or headers is refused, nothing stored."""
+    dataset = write_jsonl(tmp_path / "route.jsonl", [
+        {"id": "a", "input": "q", "expected": "q", "assertions": [assertion]}])
+    before = _counts()
+    result = runner.invoke(app, ["run", str(dataset), "--model", "openai/fake",
+                                 "--api-base", fake_llm.base_url])
+    assert result.exit_code == 2, result.output
+    message = result.stderr.replace("\n", " ")
+    assert f"{dataset}:1: assertions[0]:" in message and "may not come from a dataset" in message
+    assert _counts() == before and fake_llm.stats()["total"] == 0
+
+
 def test_the_operators_own_scorer_may_still_be_code(embedded_env, fake_llm: FakeLLM,
                                                     tmp_path: Path, booby_trap):
     module, marker = booby_trap

@@ -234,10 +234,36 @@ def bind(name: str, params: dict[str, Any], label: str, *, allow_import: bool = 
                           info.network)
 
 
+# Parameters a dataset may not set: where a judge sends its request (and with it the
+# provider key from the workers' environment), and what it sends besides the prompt.
+ROUTING_PARAMS = frozenset({"api_base", "base_url", "api_key", "api_version", "headers",
+                            "extra_headers", "default_headers", "custom_llm_provider",
+                            "organization", "extra_body", "azure_ad_token"})
+
+
+def _routing_keys(params: Any, path: str = "") -> list[str]:
+    found: list[str] = []
+    if isinstance(params, dict):
+        for key, value in params.items():
+            where = f"{path}{key}"
+            if str(key).lower() in ROUTING_PARAMS:
+                found.append(where)
+            found += _routing_keys(value, where + ".")
+    return found
+
+
 def bind_from_data(spec: Any, label: str) -> ResolvedScorer:
     """A scorer named by a dataset (a test case's assertion): registered scorers only; a
-    `module:function` path is refused (UnknownScorer) without being imported."""
+    `module:function` path is refused (UnknownScorer) without being imported, and so is a
+    parameter that would send a judge's request (and the provider key) elsewhere
+    (ScorerConfigError): endpoints and headers are the operator's choice, not the data's."""
     name, params = normalise_spec(spec)
+    routing = _routing_keys(params)
+    if routing:
+        raise ScorerConfigError(
+            f"{name}: parameter {routing[0]!r} may not come from a dataset (it decides where "
+            "the request and the provider key go); set it with --scorer or "
+            "EVALQ_JUDGE_API_BASE instead")
     return bind(name, params, label, allow_import=False)
 
 
