@@ -38,7 +38,7 @@ from tests.reliability.harness import (
     worker_env,
     write_dataset,
 )
-from tests.support import Broker, EnvPatch
+from tests.support import Broker, EnvPatch, RedisServer
 
 N_ITEMS = 600
 RECOVERY_S = 60  # README "Guarantees": complete within a minute of a kill
@@ -173,18 +173,16 @@ def _blocked_in_brpop(client: redis.Redis) -> bool:
 
 @pytest.mark.slow
 def test_message_taken_by_brpop_then_killed(tmp_path: Path, fake: FakeLLM, rel_pg: str,
-                                            rel_broker: Broker, rel_workers: Workers):
+                                            rel_redis: RedisServer, rel_workers: Workers):
     """Redis only: kombu takes a message with BRPOP and records it as unacknowledged in a
     second round trip, so a worker killed in between leaves the message nowhere in Redis.
     Made deterministic: an idle worker is frozen (SIGSTOP) while its BRPOP is blocked,
     one task is enqueued (Redis hands it to the frozen BRPOP), the worker is SIGKILLed.
     Another worker's sweeper sees the queue empty and the lease unclaimed, and sends it
     again."""
-    if rel_broker.kind != "redis":
-        pytest.skip("a Redis transport window; RabbitMQ returns an unacked message itself")
     fake.reset()
-    env = worker_env(rel_broker.url, rel_pg)
-    client = redis.Redis.from_url(rel_broker.url)
+    env = worker_env(rel_redis.url, rel_pg)
+    client = redis.Redis.from_url(rel_redis.url)
     with EnvPatch(**env):
         frozen = rel_workers.start(env, name="brpop-window", concurrency=1)
         for attempt in range(10):
@@ -208,6 +206,6 @@ def test_message_taken_by_brpop_then_killed(tmp_path: Path, fake: FakeLLM, rel_p
         assert broker_pairs(client, exp) == set(), "kombu recorded it after all"
         rel_workers.start(env, name="brpop-window-b", concurrency=1)
         wait_for_experiment(exp, timeout=RECOVERY_S)
-        report_recovery("message lost between BRPOP and the unacked record",
-                        rel_broker.kind, time.monotonic() - killed_at)
+        report_recovery("message lost between BRPOP and the unacked record", "redis",
+                        time.monotonic() - killed_at)
         assert_exact(exp, 1)
