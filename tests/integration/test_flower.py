@@ -10,8 +10,6 @@ import re
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,22 +22,13 @@ from kombu.compression import decompress
 from scheduler import enqueue_offline_run, wait_for_experiment
 from tests.factories import write_jsonl
 from tests.fakellm import FakeLLM
-from tests.support import REPO, WorkerProcess, free_port
+from tests.support import REPO, WorkerProcess, free_port, http_get
 
 USER, PASSWORD = "evalq", "flower-test-pw"
 
 
 def _get(url: str, auth: bool = True) -> tuple[int, bytes]:
-    req = urllib.request.Request(url)
-    if auth:
-        token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-        req.add_header("Authorization", f"Basic {token}")
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(req, timeout=10) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+    return http_get(url, (USER, PASSWORD) if auth else None)
 
 
 def _decoded(raw: bytes) -> list[str]:

@@ -10,7 +10,6 @@ Redis could share, and a broker restart mid-run that loses nothing.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import re
@@ -18,8 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -39,7 +36,7 @@ from scheduler.online import add_evaluator
 from scheduler.runs import record_runs
 from tests.factories import counts, write_jsonl
 from tests.fakellm import FakeLLM
-from tests.support import REPO, EnvPatch, RabbitBroker, WorkerProcess, free_port
+from tests.support import REPO, EnvPatch, RabbitBroker, WorkerProcess, free_port, http_get
 from workers.cache import DatabaseStore, RedisStore, store_for
 from workers.ratelimit import LocalRateLimiter, RedisRateLimiter, limiter_for
 from workers.redis_url import RedisRequired, require_shared_rate_limits
@@ -234,16 +231,7 @@ FLOWER_USER, FLOWER_PASSWORD = "evalq", "flower-rabbit-pw"
 
 
 def _get(url: str, auth: bool = True) -> tuple[int, bytes]:
-    req = urllib.request.Request(url)
-    if auth:
-        token = base64.b64encode(f"{FLOWER_USER}:{FLOWER_PASSWORD}".encode()).decode()
-        req.add_header("Authorization", f"Basic {token}")
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(req, timeout=10) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+    return http_get(url, (FLOWER_USER, FLOWER_PASSWORD) if auth else None)
 
 
 @pytest.fixture
