@@ -66,10 +66,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     from models.db import get_engine
     from models.migrate import upgrade
-    from scheduler.online import add_evaluator
-    from scheduler.online_report import online_report
+    from scheduler.evaluators import add_evaluator
+    from scheduler.reports.evaluator import online_report
     from workers.celery_app import app, sync_broker_url
-    from workers.online import tick_and_enqueue
+    from workers.online.tick import tick_and_enqueue
 
     upgrade()
     sync_broker_url()

@@ -51,7 +51,7 @@ def baseline(fake: FakeLLM, n: int, concurrency: int) -> dict[str, Any]:
 
 
 def _wait_done(experiment_id: int, timeout: float) -> dict[str, Any]:
-    from scheduler.offline import progress
+    from scheduler.experiments.enqueue import progress
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

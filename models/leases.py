@@ -9,7 +9,7 @@ TaskLease row, written before the message is published:
 
 A lease whose worker stopped beating, a lease never published (the producer died), and a
 lease whose message left an empty queue without anyone claiming it (a broker that lost
-it) are sent again by the sweeper (workers/sweeper.py). A claim is one conditional
+it) are sent again by the sweeper (workers/delivery/sweeper.py). A claim is one conditional
 UPDATE, so a copy of a task whose lease a live worker holds is never run at the same time.
 """
 

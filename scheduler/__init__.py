@@ -1,6 +1,5 @@
 """Control plane of evalq: what gets evaluated and when, reports, the CLI."""
 
-from scheduler.dataset_file import ParsedDataset, load_dataset_file
 from scheduler.errors import (
     DatasetFormatError,
     EnqueueError,
@@ -8,9 +7,10 @@ from scheduler.errors import (
     SchedulerError,
     WaitTimeout,
 )
-from scheduler.offline import enqueue_offline_run, progress, wait_for_experiment
-from scheduler.report import experiment_report
-from scheduler.runs import IngestSummary, RunIn, record_run, record_runs
+from scheduler.experiments.dataset_file import ParsedDataset, load_dataset_file
+from scheduler.experiments.enqueue import enqueue_offline_run, progress, wait_for_experiment
+from scheduler.ingest.records import IngestSummary, RunIn, record_run, record_runs
+from scheduler.reports.experiment import experiment_report
 
 __all__ = [
     "DatasetFormatError",

@@ -3,7 +3,7 @@
 Read from the database (worker heartbeats and task leases, models/leases.py) and, for
 queue depths only, from the broker. Shared by `evalq workers`, `evalq status` and the
 no-worker warning of `wait_for_experiment`; the CLI only renders. Queue names come from
-workers.queues, imported inside the functions: importing `workers` loads Celery.
+workers.delivery.queues, imported inside the functions: importing `workers` loads Celery.
 """
 
 from __future__ import annotations
@@ -30,19 +30,19 @@ EMBEDDED_MESSAGE = ("no workers in embedded mode (no EVALQ_BROKER_URL): tasks ru
 
 def offline_queue() -> str:
     """The queue of an experiment's tasks (evalq.run_items, evalq.rescore_result)."""
-    from workers.queues import Queue
+    from workers.delivery.queues import Queue
 
     return Queue.OFFLINE.value
 
 
 def all_queues() -> list[str]:
-    from workers.queues import Queue
+    from workers.delivery.queues import Queue
 
     return [q.value for q in Queue]
 
 
 def worker_command() -> str:
-    from workers.queues import ALL_QUEUES
+    from workers.delivery.queues import ALL_QUEUES
 
     return f"celery -A workers worker --queues {ALL_QUEUES}"
 
@@ -239,8 +239,8 @@ def experiment_liveness(experiment_id: int, *, pending: int = 0) -> dict[str, An
     if settings.embedded:
         return {"mode": "embedded", "queues": None, "leases": None, "workers": None,
                 "warning": None}
-    from workers.broker import queue_depths
     from workers.celery_app import app
+    from workers.delivery.broker import queue_depths
 
     queue = offline_queue()
     depths = queue_depths(app, all_queues())

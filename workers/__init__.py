@@ -5,6 +5,6 @@ litellm is imported only when a task first calls a model.
 """
 
 from workers.celery_app import app
-from workers.queues import Queue
+from workers.delivery.queues import Queue
 
 __all__ = ["Queue", "app"]

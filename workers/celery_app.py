@@ -14,8 +14,8 @@ from typing import Any
 from celery import Celery, signals
 
 from models.settings import get_settings
-from workers.logsafe import install_log_filters
-from workers.queues import TASK_QUEUES, Queue
+from workers.delivery.queues import TASK_QUEUES, Queue
+from workers.runtime.logsafe import install_log_filters
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def _refuse_unmigrated_database(**_: object) -> None:
     """A worker does not start on a database without evalq's current schema."""
     from models.errors import StorageError
     from models.migrate import ensure_migrated
-    from workers.redis_url import RedisRequired, require_shared_rate_limits
+    from workers.llm.redis_url import RedisRequired, require_shared_rate_limits
 
     try:
         require_shared_rate_limits(get_settings())
@@ -149,7 +149,7 @@ def _start_heartbeat(sender: Any = None, **_: object) -> None:
     """Beat in the database while this worker runs (and sweep for lost work)."""
     import os
 
-    from workers import heartbeat
+    from workers.delivery import heartbeat
 
     hostname = getattr(sender, "hostname", None) or "celery"
     queues = ",".join(sorted(app.amqp.queues.consume_from or {}))
@@ -160,6 +160,6 @@ def _start_heartbeat(sender: Any = None, **_: object) -> None:
 @signals.worker_shutdown.connect
 def _stop_heartbeat(**_: object) -> None:
     """A clean stop frees at once what this worker still holds."""
-    from workers import heartbeat
+    from workers.delivery import heartbeat
 
     heartbeat.stop()

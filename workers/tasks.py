@@ -3,7 +3,7 @@
 Arguments are ids only (Flower shows task arguments): never prompts, never keys. Tasks
 sent by evalq carry a `lease` (models/leases.py): the task claims it before working, so
 a copy of a task that a live worker is running does nothing, and a task whose worker died
-is sent again by the sweeper (workers/sweeper.py).
+is sent again by the sweeper (workers/delivery/sweeper.py).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from models.db import session_scope
 from models.leases import claim_lease, finish_lease, release_lease
 from models.settings import get_settings
 from models.tables import utcnow
-from workers import giveup, heartbeat
 from workers.celery_app import app
-from workers.execution import execute_item
+from workers.delivery import giveup, heartbeat
+from workers.offline.execution import execute_item
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -95,7 +95,7 @@ def _run(task: Task, lease: int | None, work: Callable[[], R], give_up: Callable
           max_retries=3)
 def online_tick(self: Task) -> int:
     """Claim the next sampled batch of every due online evaluator; enqueue their scoring."""
-    from workers.online import tick_and_enqueue
+    from workers.online.tick import tick_and_enqueue
 
     try:
         return tick_and_enqueue()
@@ -107,7 +107,7 @@ def online_tick(self: Task) -> int:
           max_retries=20)
 def score_runs(self: Task, claim_ids: list[int], lease: int | None = None) -> dict[str, int]:
     """Score a chunk of claimed production runs (their scorers run together)."""
-    from workers.online import score_claims
+    from workers.online.tick import score_claims
 
     return _run(self, lease, lambda: score_claims(claim_ids),
                 lambda attempts: giveup.online_claims(claim_ids, attempts), {"held": 1},
@@ -118,7 +118,7 @@ def score_runs(self: Task, claim_ids: list[int], lease: int | None = None) -> di
           max_retries=20)
 def score_run(self: Task, claim_id: int) -> str:
     """Score one claimed production run with its online evaluator's scorers."""
-    from workers.online import score_claim
+    from workers.online.tick import score_claim
 
     try:
         return score_claim(claim_id)
@@ -131,7 +131,7 @@ def score_run(self: Task, claim_id: int) -> str:
 def rescore_result(self: Task, experiment_id: int, result_id: int, lease: int | None = None
                    ) -> str:
     """Score a stored Result with scorers added to its experiment (no target call)."""
-    from workers.rescore import rescore_result as rescore
+    from workers.offline.rescore import rescore_result as rescore
 
     return _run(self, lease, lambda: rescore(experiment_id, result_id),
                 lambda attempts: giveup.rescore(experiment_id, result_id, attempts), "held",
@@ -144,7 +144,7 @@ def run_items(self: Task, experiment_id: int, pairs: list[list[int]], force: boo
               config: int = 0, lease: int | None = None) -> dict[str, int]:
     """Evaluate a chunk of (dataset item, repeat)s of an experiment: the model calls run
     together, Results and Scores are stored in one transaction."""
-    from workers.chunks import execute_chunk
+    from workers.offline.chunks import execute_chunk
 
     return _run(self, lease, lambda: execute_chunk(experiment_id, pairs, force=force,
                                                    config=config),

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from models.db import session_scope
 from models.tables import Experiment, Result, Score
 from scheduler import enqueue_offline_run, wait_for_experiment
-from scheduler.cli import app
+from scheduler.cli.main import app
 from tests.factories import counts, write_jsonl
 from tests.fakellm import FakeLLM
 from tests.support import WorkerProcess
@@ -111,7 +111,7 @@ def test_duplicate_deliveries_leave_one_result_and_exact_counts(distributed: Wor
     exp_id = enqueue_offline_run(dataset=dataset, model="openai/fake", api_base=fake_llm.base_url,
                                  scorers=["exact_match", "contains"], repeats=2)
     # Deliver every task a second time, forced, while the first copies are still running.
-    from scheduler.offline import dataset_items
+    from scheduler.experiments.enqueue import dataset_items
 
     with producer() as p:
         for item_id in sorted(dataset_items(exp_id)):
@@ -135,7 +135,7 @@ def test_duplicate_deliveries_leave_one_result_and_exact_counts(distributed: Wor
 def test_a_redelivered_task_is_skipped_without_calling_the_model(distributed: WorkerProcess,
                                                                  fake_llm: FakeLLM,
                                                                  tmp_path: Path):
-    from scheduler.offline import dataset_items
+    from scheduler.experiments.enqueue import dataset_items
     from workers.celery_app import app as celery_app
     from workers.celery_app import producer
 

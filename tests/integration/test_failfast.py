@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from models.db import session_scope
-from scheduler.cli import app
-from scheduler.embedded import running_here
+from scheduler.cli.main import app
+from scheduler.experiments.embedded import running_here
 from tests.factories import write_jsonl
 from tests.fakellm import FakeLLM
 from tests.support import EnvPatch, WorkerProcess

@@ -189,7 +189,7 @@ def test_secrets_never_leave_the_environment(flower: str, distributed: WorkerPro
     reports — even when the provider echoes it back in an error message."""
     import sqlalchemy as sa
 
-    from scheduler.report import experiment_report, load_items
+    from scheduler.reports.experiment import experiment_report, load_items
 
     secret = os.environ["OPENAI_API_KEY"]
     assert secret.startswith("sk-evalq-test")
@@ -207,8 +207,8 @@ def test_secrets_never_leave_the_environment(flower: str, distributed: WorkerPro
     places["flower /api/tasks"] = body.decode()
     places["worker log"] = distributed.output()
     places["report"] = json.dumps(experiment_report(exp_id))
-    from scheduler.html_report import render_experiment_html
-    from scheduler.junit import write_junit
+    from scheduler.reports.html import render_experiment_html
+    from scheduler.reports.junit import write_junit
 
     data, (_, _, item_rows) = experiment_report(exp_id), load_items(exp_id)
     places["html report"] = render_experiment_html(data, item_rows)

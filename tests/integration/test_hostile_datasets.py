@@ -21,8 +21,8 @@ from models.crud import create_experiment, dataset_item_ids, get_or_create_datas
 from models.db import session_scope
 from models.tables import Dataset, DatasetItem, Experiment, Result, Score
 from scheduler import enqueue_offline_run, wait_for_experiment
-from scheduler.cli import app
-from scheduler.reruns import resume
+from scheduler.cli.main import app
+from scheduler.experiments.reruns import resume
 from tests.factories import write_jsonl
 from tests.fakellm import FakeLLM
 from tests.support import EnvPatch

@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from scheduler.cli import app
-from scheduler.dataset_file import MAX_JSON_DEPTH
+from scheduler.cli.main import app
+from scheduler.experiments.dataset_file import MAX_JSON_DEPTH
 from tests.factories import write_jsonl
 from tests.integration.test_server import TOKEN, Server
 from tests.support import EnvPatch
@@ -316,8 +316,8 @@ def test_fuzz_dataset_lines_are_stored_exactly_or_refused_naming_line_and_field(
         cases: list[dict[str, Any]]) -> None:
     from models.crud import get_or_create_dataset
     from models.db import session_scope
-    from scheduler.dataset_file import load_dataset_file
     from scheduler.errors import DatasetFormatError
+    from scheduler.experiments.dataset_file import load_dataset_file
 
     for i, case in enumerate(cases):  # unique ids: duplicates are another test's subject
         case["id"] = f"{i}-{case.get('id', '')}"

@@ -30,11 +30,11 @@ from models.crud import upsert_scores
 from models.db import session_scope
 from models.settings import get_settings
 from models.tables import OnlineAlert, OnlineEvaluator, ProductionRun, utcnow
-from scheduler.cli import app
-from scheduler.online import add_evaluator
+from scheduler.cli.main import app
+from scheduler.evaluators import add_evaluator
 from tests.support import EnvPatch
-from workers.alerts import WEBHOOK_ATTEMPTS, check_alerts, wait_for_deliveries
-from workers.online import tick
+from workers.online.alerts import WEBHOOK_ATTEMPTS, check_alerts, wait_for_deliveries
+from workers.online.tick import tick
 
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -278,7 +278,7 @@ def test_the_cli_logs_no_webhook_token(webhook_env: Any, sqlite_url: str,
     _evaluator_below_threshold("cli-hook", server.url(f"?token={SECRET}"))
     env = {**os.environ, "EVALQ_LOG_LEVEL": level, "EVALQ_DATABASE_URL": sqlite_url,
            "EVALQ_WEBHOOK_TIMEOUT_S": "2"}
-    done = subprocess.run([sys.executable, "-c", "from scheduler.cli import main; main()",
+    done = subprocess.run([sys.executable, "-c", "from scheduler.cli.main import main; main()",
                            "online", "tick", "cli-hook"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

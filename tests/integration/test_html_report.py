@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 
 from scheduler import enqueue_offline_run, experiment_report, wait_for_experiment
-from scheduler.html_report import (
+from scheduler.reports.experiment import load_items
+from scheduler.reports.html import (
     render_compare_html,
     render_experiment_html,
     render_online_html,
     write_html,
 )
-from scheduler.report import load_items
 
 XSS = "<script>alert(1)</script>"
 EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//|url\(\s*["']?\s*"""
@@ -204,7 +204,7 @@ def test_online_page_in_chromium(tmp_path: Path):
 
 
 def comparison_fixture() -> dict[str, Any]:
-    """The shape of scheduler.compare.compare_experiments, trimmed."""
+    """The shape of scheduler.reports.compare.compare_experiments, trimmed."""
     flip = {"key": "geo-3", "input": {"question": "Capital of Australia?"},
             "expected": "Canberra", "baseline_output": "Canberra", "candidate_output": XSS,
             "baseline_value": 1.0, "candidate_value": 0.0,

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from models.leases import WorkerBeat
 from scheduler import WaitTimeout, enqueue_offline_run, wait_for_experiment
-from scheduler.cli import app
+from scheduler.cli.main import app
 from scheduler.liveness import no_worker_warning
 from tests.factories import write_jsonl
 from tests.fakellm import FakeLLM
@@ -93,13 +93,13 @@ def _dataset(tmp_path: Path, n: int) -> Path:
 
 
 class TimedCli:
-    """`python -m scheduler.cli ARGS` as a subprocess; each stderr line with the time it
+    """`python -m scheduler.cli.main ARGS` as a subprocess; each stderr line with the time it
     arrived, counted from the start."""
 
     def __init__(self, env: dict[str, str], *args: str) -> None:
         self.started = time.monotonic()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "scheduler.cli", *args], cwd=REPO,
+            [sys.executable, "-m", "scheduler.cli.main", *args], cwd=REPO,
             env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True)
         self.lines: list[tuple[float, str]] = []

@@ -21,12 +21,12 @@ import sqlalchemy as sa
 from sqlmodel import col, func, select
 from typer.testing import CliRunner
 
+from models.claims import is_sampled
 from models.db import session_scope
-from models.online import is_sampled
 from models.tables import ClaimStatus, OnlineClaim, ProductionRun, Score, utcnow
-from scheduler.cli import app
-from scheduler.online import add_evaluator, tick_now
-from scheduler.runs import record_run, record_runs
+from scheduler.cli.main import app
+from scheduler.evaluators import add_evaluator, tick_now
+from scheduler.ingest.records import record_run, record_runs
 from tests.factories import write_jsonl
 from tests.support import REPO, EnvPatch, WorkerProcess, truncate_all
 
@@ -125,7 +125,7 @@ def test_concurrent_ticks_never_claim_a_run_twice(db_url, settled):
     add_evaluator("racy", scorers=[{"type": "contains", "value": "ok"}], sample_rate=0.5,
                   batch_size=25, every="1s", backfill_since="1h")
     expected = sum(is_sampled("racy", "s", f"r-{i}", 0.5) for i in range(600))
-    from workers.online import tick
+    from workers.online.tick import tick
 
     def hammer(_: int) -> list[int]:
         got: list[int] = []
@@ -133,7 +133,7 @@ def test_concurrent_ticks_never_claim_a_run_twice(db_url, settled):
             tick(force=True, enqueue=got.append)
         return got
 
-    code = ("import json; from workers.online import tick; got = []\n"
+    code = ("import json; from workers.online.tick import tick; got = []\n"
             "for _ in range(40): tick(force=True, enqueue=got.append)\n"
             "print(json.dumps(got))")
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
@@ -153,7 +153,7 @@ def test_crashed_claims_are_scored_later(db_url, settled):
     record_runs(_runs(8), source="s")
     add_evaluator("crashy", scorers=[{"type": "contains", "value": "ok"}],
                   backfill_since="1h")
-    from workers.online import score_claim, tick
+    from workers.online.tick import score_claim, tick
 
     lost: list[int] = []
     tick(force=True, enqueue=lost.append)  # claimed, but the worker "dies" before scoring

@@ -18,7 +18,7 @@ from tests.support import REPO, free_port, truncate_all
 
 
 def _evalq(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "scheduler.cli", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "scheduler.cli.main", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=180)
 
 

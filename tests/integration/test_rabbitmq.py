@@ -31,16 +31,16 @@ from typer.testing import CliRunner
 from models.db import session_scope
 from models.settings import Settings
 from models.tables import Experiment, OnlineEvaluator, ResponseCache, Result, Score
-from scheduler.cli import app
-from scheduler.online import add_evaluator
-from scheduler.runs import record_runs
+from scheduler.cli.main import app
+from scheduler.evaluators import add_evaluator
+from scheduler.ingest.records import record_runs
 from tests.factories import counts, write_jsonl
 from tests.fakellm import FakeLLM
 from tests.support import REPO, EnvPatch, RabbitBroker, WorkerProcess, free_port, http_get
-from workers.cache import DatabaseStore, RedisStore, store_for
-from workers.ratelimit import LocalRateLimiter, RedisRateLimiter, limiter_for
-from workers.redis_url import RedisRequired, require_shared_rate_limits
-from workers.redis_url import redis_url as shared_redis_url
+from workers.llm.cache import DatabaseStore, RedisStore, store_for
+from workers.llm.ratelimit import LocalRateLimiter, RedisRateLimiter, limiter_for
+from workers.llm.redis_url import RedisRequired, require_shared_rate_limits
+from workers.llm.redis_url import redis_url as shared_redis_url
 
 runner = CliRunner()
 AMQP = "amqp://evalq:hunter2@rabbit.internal:5672/evalq"

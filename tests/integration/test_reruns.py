@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from models.db import session_scope
 from models.tables import Result, Score
 from scheduler import enqueue_offline_run, wait_for_experiment
-from scheduler.cli import app
-from scheduler.offline import progress
+from scheduler.cli.main import app
+from scheduler.experiments.enqueue import progress
 from tests.factories import counts, write_jsonl
 from tests.fakellm import FakeLLM
 from tests.support import EnvPatch, WorkerProcess, redis_flush, truncate_all

@@ -46,7 +46,7 @@ class Server:
         self.port = free_port()
         self.log = log
         self.url = f"http://127.0.0.1:{self.port}"
-        code = f"from scheduler.server import serve; serve(port={self.port})"
+        code = f"from scheduler.ingest.server import serve; serve(port={self.port})"
         with log.open("wb") as out:
             self.process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO,
                                             env={**os.environ, **env}, stdout=out,
@@ -263,7 +263,7 @@ def test_other_routes_answer_json(start_server: Callable[..., Server]) -> None:
 def test_serve_refuses_to_start_without_token(embedded_env: EnvPatch,
                                               monkeypatch: pytest.MonkeyPatch,
                                               token: str | None) -> None:
-    from scheduler.server import serve
+    from scheduler.ingest.server import serve
 
     if token is None:
         monkeypatch.delenv("EVALQ_INGEST_TOKEN", raising=False)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from models.db import session_scope
 from models.tables import Dataset, DatasetItem, Experiment, Result
-from scheduler.cli import app
+from scheduler.cli.main import app
 
 runner = CliRunner()
 GOOD = '{"id": "a", "input": {"question": "q"}, "expected": "x"}\n'

@@ -28,7 +28,7 @@ from tests.reliability.harness import (
 from tests.support import EnvPatch, RedisServer
 
 MAX_ATTEMPTS = 4
-# What workers.llm.is_retryable accepts, by the class names stored in Result.error_type.
+# What workers.llm.calls.is_retryable accepts, by the class names stored in Result.error_type.
 RETRYABLE = {"RateLimitError", "Timeout", "APIConnectionError", "InternalServerError",
              "ServiceUnavailableError", "BadGatewayError"}
 

@@ -22,8 +22,8 @@ import sqlalchemy as sa
 
 from models.db import session_scope
 from scheduler import enqueue_offline_run, wait_for_experiment
-from scheduler.online import add_evaluator
-from scheduler.runs import record_runs
+from scheduler.evaluators import add_evaluator
+from scheduler.ingest.records import record_runs
 from tests.fakellm import FakeLLM
 from tests.reliability.harness import (
     SCORERS,
@@ -86,7 +86,7 @@ def test_online_claims_of_a_dead_worker_are_scored_again(fake: FakeLLM, rel_brok
                       every="1s", batch_size=500)
         evaluator = {"id": _evaluator_id(tag)}
         record_runs(_runs(40, tag), source=tag)
-        from workers.online import tick_and_enqueue
+        from workers.online.tick import tick_and_enqueue
 
         assert tick_and_enqueue(evaluator_ids=[evaluator["id"]], force=True) == 40
         held = wait_until(lambda: held_by(victim_name, "evalq.score_runs"), 60,
@@ -192,7 +192,7 @@ def test_evalq_run_killed_during_enqueue(tmp_path: Path, fake: FakeLLM, rel_redi
         rel_workers.start(env, name="enqueue-kill", concurrency=4)
         before = _one("SELECT coalesce(max(id), 0) FROM experiment")
         run = subprocess.Popen(
-            [sys.executable, "-m", "scheduler.cli", "run", str(dataset), "--model",
+            [sys.executable, "-m", "scheduler.cli.main", "run", str(dataset), "--model",
              "openai/fake", "--api-base", fake.base_url, "--no-wait",
              *(a for s in SCORERS for a in ("--scorer", s))],
             cwd=REPO, env={**os.environ, **env,
@@ -240,7 +240,7 @@ def test_same_task_delivered_twice_at_once(tmp_path: Path, fake: FakeLLM, rel_br
             lease_id, args, kwargs = s.execute(sa.text(
                 "SELECT id, task_args, task_kwargs FROM task_lease WHERE experiment_id = :e"),
                 {"e": exp}).one()
-        from workers.dispatch import publish
+        from workers.delivery.dispatch import publish
 
         publish([lease_id], "evalq.run_items", [args], [kwargs])  # the same message again
         wait_for_experiment(exp, timeout=RECOVERY_S)

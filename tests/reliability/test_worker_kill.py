@@ -8,7 +8,7 @@ and counters equal to the rows. A test fails, never warns, when anything is lost
 
 How: each task holds a lease in the database that its worker's heartbeat keeps alive;
 the sweeper of any live worker sends again the leases of a dead worker and the messages
-a broker lost (workers/sweeper.py). Each kill test runs on Redis and on RabbitMQ.
+a broker lost (workers/delivery/sweeper.py). Each kill test runs on Redis and on RabbitMQ.
 """
 
 from __future__ import annotations

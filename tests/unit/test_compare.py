@@ -17,8 +17,8 @@ from models.crud import (
 )
 from models.db import session_scope
 from models.tables import Experiment, ExperimentStatus
-from scheduler.compare import bootstrap_ci, compare_experiments
 from scheduler.errors import InputError
+from scheduler.reports.compare import bootstrap_ci, compare_experiments
 from tests.factories import result_in, score_in
 from tests.fakellm import FakeLLM
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scheduler.dataset_file import MAX_JSON_DEPTH, load_dataset_file
 from scheduler.errors import DatasetFormatError, InputError
+from scheduler.experiments.dataset_file import MAX_JSON_DEPTH, load_dataset_file
 
 MAX = 1024
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from models.settings import Settings
-from scheduler.cli import app
+from scheduler.cli.main import app
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

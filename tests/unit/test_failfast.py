@@ -12,7 +12,7 @@ from models.db import session_scope
 from models.tables import Experiment, ExperimentStatus
 from tests.factories import make_experiment, result_in
 from tests.support import EnvPatch
-from workers.failfast import after_chunk, experiment_stopped, stop_reason
+from workers.offline.failfast import after_chunk, experiment_stopped, stop_reason
 
 AUTH = "litellm.AuthenticationError: AuthenticationError: OpenAIException - Incorrect API key"
 BAD = "litellm.BadRequestError: OpenAIException - Invalid 'temperature': must be <= 2"
@@ -169,6 +169,6 @@ def test_the_threshold_is_a_setting(db_url: str):
     ("RateLimitError: Rate limit reached.", "`evalq rerun 7 --failed`"),
 ])
 def test_next_step(error: str, advice: str):
-    from scheduler.cli_experiments import next_step
+    from scheduler.cli.experiments import next_step
 
     assert advice in next_step(error, 7)

@@ -11,11 +11,11 @@ import pytest
 
 from models.crud import record_item_outcome
 from models.db import session_scope
-from scheduler.compare import compare_experiments
 from scheduler.errors import InputError
-from scheduler.gate import evaluate_gate, parse_thresholds
-from scheduler.junit import write_junit
-from scheduler.report import build_report, experiment_report, load_items
+from scheduler.reports.compare import compare_experiments
+from scheduler.reports.experiment import build_report, experiment_report, load_items
+from scheduler.reports.gate import evaluate_gate, parse_thresholds
+from scheduler.reports.junit import write_junit
 from tests.factories import make_experiment, result_in, score_in
 
 SCORERS: list[dict[str, Any]] = [{"label": label, "type": label, "version": "1", "params": {}}

@@ -15,9 +15,9 @@ import pytest
 
 from models.settings import get_settings
 from tests.support import EnvPatch
-from workers import aio
 from workers.errors import ScorerConfigError, ScorerError, UnknownScorer
-from workers.execution import Case, assertion_scorers, run_scorer, scorer_deadline
+from workers.offline.execution import Case, assertion_scorers, run_scorer, scorer_deadline
+from workers.runtime import aio
 from workers.scorers import (
     ResolvedScorer,
     Sample,

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scheduler.dataset_file import MAX_JSON_DEPTH
 from scheduler.errors import InputError, InvalidRun
-from scheduler.runs import EARLIEST_TIME, LATEST_TIME, parse_run, to_row
+from scheduler.experiments.dataset_file import MAX_JSON_DEPTH
+from scheduler.ingest.records import EARLIEST_TIME, LATEST_TIME, parse_run, to_row
 
 HOSTILE_CHARS = ["\x00", "\ud800", "\udbff", "\udc00", "\udfff"]
 hostile_text = st.lists(st.characters() | st.sampled_from(HOSTILE_CHARS), max_size=8).map(
@@ -121,7 +121,7 @@ def test_a_depth_of_exactly_the_limit_is_stored():
 
 
 def test_runs_given_as_runin_objects_are_checked_too():
-    from scheduler.runs import RunIn, record_runs
+    from scheduler.ingest.records import RunIn, record_runs
 
     with pytest.raises(InvalidRun, match="output: contains a NUL"):
         record_runs([RunIn(id="a", output="x\x00")])
@@ -133,7 +133,7 @@ def test_runs_given_as_runin_objects_are_checked_too():
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=st.binary(max_size=200))
 def test_ingest_file_of_arbitrary_bytes_never_crashes(raw, tmp_path_factory, embedded_env):
-    from scheduler.runs import IngestSummary, ingest_file
+    from scheduler.ingest.records import IngestSummary, ingest_file
 
     path = tmp_path_factory.mktemp("fuzz") / "runs.jsonl"
     path.write_bytes(raw)
@@ -146,7 +146,7 @@ def test_ingest_file_of_arbitrary_bytes_never_crashes(raw, tmp_path_factory, emb
 
 
 def test_a_bad_source_option_is_an_input_error(embedded_env, tmp_path):
-    from scheduler.runs import ingest_file
+    from scheduler.ingest.records import ingest_file
 
     path = tmp_path / "runs.jsonl"
     path.write_text('{"id": "a"}\n')

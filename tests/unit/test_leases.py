@@ -153,7 +153,7 @@ def test_forgotten_workers_are_those_long_gone_and_holding_nothing(db_url):
 def test_a_sweeper_that_just_became_healthy_judges_no_one_dead(db_url, healthy_for: float):
     """After a database outage every heartbeat is old: a sweeper must first see the
     database healthy for EVALQ_WORKER_DEAD_AFTER_S before it calls others dead."""
-    from workers.sweeper import Sweeper
+    from workers.delivery.sweeper import Sweeper
 
     _beat("quiet", utcnow() - timedelta(seconds=60))
     lease = _lease()

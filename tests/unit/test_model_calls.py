@@ -10,7 +10,7 @@ import pytest
 
 from models.settings import Settings
 from tests.fakellm import FakeLLM
-from workers.llm import call_model, is_retryable, missing_credentials, redact
+from workers.llm.calls import call_model, is_retryable, missing_credentials, redact
 
 MODEL = "openai/fake-model"
 
@@ -88,7 +88,7 @@ def test_missing_api_key_is_a_permanent_authentication_error(
 def test_retry_classification_of_litellm_exceptions(fake_llm: FakeLLM,
                                                     monkeypatch: pytest.MonkeyPatch):
     """The predicate itself, on the exceptions litellm really raises."""
-    from workers.llm import setup_litellm
+    from workers.llm.calls import setup_litellm
 
     litellm = setup_litellm()
 

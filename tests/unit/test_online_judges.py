@@ -8,7 +8,7 @@ import json
 
 from models.tables import ProductionRun
 from tests.fakellm import FakeLLM
-from workers.online import run_sample
+from workers.online.tick import run_sample
 from workers.scorers import resolve_scorers
 
 

@@ -27,11 +27,11 @@ from models.crud import record_item_outcome, upsert_scores
 from models.db import session_scope
 from models.tables import OnlineAlert, OnlineEvaluator, ProductionRun
 from scheduler.errors import InputError
-from scheduler.online_report import Baseline, online_report
-from scheduler.stats import mean_ci, mean_ci_from_sums, t_critical
+from scheduler.reports.evaluator import Baseline, online_report
+from scheduler.reports.stats import mean_ci, mean_ci_from_sums, t_critical
 from tests.factories import make_experiment, result_in, score_in
 from tests.support import EnvPatch, free_port
-from workers.alerts import check_alerts
+from workers.online.alerts import check_alerts
 
 T0 = datetime(2026, 1, 5, tzinfo=UTC)  # on an hour (and day) boundary of the epoch
 HOUR = timedelta(hours=1)
@@ -328,7 +328,7 @@ def test_alert_with_unreachable_webhook_is_logged_and_recorded(
                         webhook_url=f"http://127.0.0.1:{free_port()}/hook")
     add_scores(ev, [(T0 + timedelta(minutes=1), "tone", 0.25),
                     (T0 + timedelta(minutes=2), "tone", 0.35)])
-    with caplog.at_level(logging.WARNING, logger="workers.alerts"):
+    with caplog.at_level(logging.WARNING, logger="workers.online.alerts"):
         fired = check_alerts(ev, now=T0 + timedelta(minutes=5), wait=True)
     assert len(fired) == 1 and fired[0]["delivered"] is False
     assert fired[0]["error"].startswith("ConnectError")
@@ -336,7 +336,7 @@ def test_alert_with_unreachable_webhook_is_logged_and_recorded(
     assert row.delivered is False and row.error == fired[0]["error"]
     assert row.mean == pytest.approx(0.3) and row.n == 2
     warning = next(r for r in caplog.records
-                   if r.name == "workers.alerts" and r.levelno == logging.WARNING)
+                   if r.name == "workers.online.alerts" and r.levelno == logging.WARNING)
     message = warning.getMessage()
     for part in ("'support-bot'", "'tone'", "0.3000", "0.6000", "n=2", T0.isoformat()):
         assert part in message

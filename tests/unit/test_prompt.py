@@ -8,7 +8,7 @@ import json
 import pytest
 
 from workers.errors import TemplateError, WorkerError
-from workers.prompt import (
+from workers.offline.prompt import (
     DEFAULT_TEMPLATE,
     check_template,
     is_messages,

@@ -18,8 +18,8 @@ import redis
 from models.settings import Settings
 from tests.fakellm import FakeLLM
 from tests.support import RedisServer, free_port
-from workers.llm import call_model
-from workers.ratelimit import (
+from workers.llm.calls import call_model
+from workers.llm.ratelimit import (
     Bucket,
     Limit,
     LocalRateLimiter,
@@ -224,7 +224,7 @@ def test_unreachable_redis_fails_open_and_warns_once(caplog: pytest.LogCaptureFi
         return tickets
 
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="workers.ratelimit"):
+    with caplog.at_level(logging.WARNING, logger="workers.llm.ratelimit"):
         tickets = asyncio.run(scenario())
     assert time.monotonic() - started < 5
     assert all(t is not None and not t.tracked for t in tickets)

@@ -26,7 +26,7 @@ def test_entry_point_scorer_is_listed_and_usable(tmp_path: Path):
                                    "Version: 1.0\n")
     (dist / "entry_points.txt").write_text("[evalq.scorers]\nshouty = evalq_shout_plugin:shouty\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    listing = subprocess.run([sys.executable, "-m", "scheduler.cli", "scorers", "--json"],
+    listing = subprocess.run([sys.executable, "-m", "scheduler.cli.main", "scorers", "--json"],
                              capture_output=True, text=True, env=env, timeout=120, check=True)
     scorers = json.loads(listing.stdout)
     assert scorers["shouty"]["description"] == "Output is in capitals."

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import statistics
 
-from scheduler.stats import differs
+from scheduler.reports.stats import differs
 
 
 def _window(rng: random.Random, n: int, shift: float = 0.0) -> tuple[int, float, float]:

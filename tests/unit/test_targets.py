@@ -8,7 +8,7 @@ import pytest
 
 from models.settings import Settings
 from workers.errors import TargetError
-from workers.targets import call_target, load_callable, outcome_from_return
+from workers.offline.targets import call_target, load_callable, outcome_from_return
 
 SETTINGS = Settings(target_timeout_s=5)
 

@@ -17,10 +17,10 @@ from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, col
 
 import models  # noqa: F401  (registers every table, the lease tables included)
+from models.aggregates import window_moments, window_start
+from models.claims import claim_batch, due_evaluator_ids
 from models.crud import insert_runs
 from models.db import get_engine, session_scope
-from models.online import claim_batch, due_evaluator_ids
-from models.online_queries import window_moments, window_start
 from models.tables import OnlineEvaluator, Score, SubjectType, utcnow
 from models.types import UTCDateTime
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from models.settings import Settings, get_settings
 from workers.errors import ScorerError
-from workers.llm import call_model
+from workers.llm.calls import call_model
 from workers.scorers.base import Sample, ScorerFn, ScoreValue
 from workers.scorers.registry import register_scorer
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from models.settings import get_settings
 from workers.errors import ScorerError
-from workers.llm import redact, retry_policy, setup_litellm
+from workers.llm.calls import redact, retry_policy, setup_litellm
 from workers.scorers.base import Sample, ScorerFn, ScoreValue
 from workers.scorers.registry import register_scorer
 

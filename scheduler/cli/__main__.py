@@ -1,0 +1,5 @@
+"""`python -m scheduler.cli`: the same as the `evalq` command."""
+
+from scheduler.cli.main import main
+
+main()

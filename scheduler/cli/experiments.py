@@ -1,0 +1,254 @@
+"""`evalq report | compare | rerun | resume | rescore`, and the CI gate and exit code of
+`evalq run`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from scheduler.cli import render
+from scheduler.cli.common import emit_json, handle_errors, parse_scorer, warn_no_worker
+
+AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+ExperimentId = Annotated[int, typer.Argument(help="Experiment id.")]
+MaxFailures = Annotated[int, typer.Option(
+    "--max-failures", min=0, help="Exit 0 even if up to N items failed (their model call or "
+    "target errored). Default 0: any failed item exits 1. An experiment stopped early on a "
+    "permanent error (missing key, unknown model...) always exits 1.")]
+
+
+def report(
+    experiment_id: ExperimentId,
+    by: Annotated[str | None, typer.Option(
+        help="Break scores down by this metadata field (e.g. category).")] = None,
+    html: Annotated[Path | None, typer.Option(
+        help="Also write a self-contained HTML report (charts, filterable items) here.")
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Scores (mean, standard error, 95% t interval, pass rate), counts, latency
+    p50/p95/p99, tokens, cost, wall time, items/s, and an optional breakdown."""
+    from scheduler.reports.experiment import build_report, load_items
+
+    exp, dataset, rows = load_items(experiment_id)
+    data = build_report(exp, dataset, rows, by=by)
+    if html is not None:
+        from scheduler.reports.html import render_experiment_html, write_html
+
+        write_html(html, render_experiment_html(data, rows))
+    if as_json:
+        emit_json(data)
+        return
+    render.print_report(data)
+    if html is not None:
+        render.out.print(f"HTML report written to {html}")
+
+
+def compare(
+    baseline: Annotated[int, typer.Argument(help="Baseline experiment id.")],
+    candidate: Annotated[int, typer.Argument(help="Candidate experiment id.")],
+    html: Annotated[Path | None, typer.Option(help="Also write an HTML comparison here.")
+                    ] = None,
+    pairwise_model: Annotated[str | None, typer.Option(
+        help="Also have this LLM judge pick the better output of each item "
+        "(llm_pairwise, positions swapped).")] = None,
+    pairwise_api_base: Annotated[str | None, typer.Option(
+        help="Base URL of the pairwise judge.")] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 2000,
+    as_json: AsJson = False,
+) -> None:
+    """What changed between two experiments: per scorer the difference of means with a
+    paired bootstrap 95% CI and a verdict, items that flipped, cost and latency deltas."""
+    from scheduler.reports.compare import compare_experiments
+
+    pairwise = None
+    if pairwise_model or pairwise_api_base:
+        pairwise = {"model": pairwise_model, "api_base": pairwise_api_base}
+    data = compare_experiments(baseline, candidate, n_boot=bootstrap, pairwise=pairwise)
+    if html is not None:
+        from scheduler.reports.html import render_compare_html, write_html
+
+        write_html(html, render_compare_html(data))
+    if as_json:
+        emit_json(data)
+        return
+    render.print_comparison(data)
+
+
+def rerun(
+    experiment_id: ExperimentId,
+    failed: Annotated[bool, typer.Option(
+        "--failed", help="Re-run the items whose target failed (required: items that "
+        "scored low are not re-run).")] = False,
+    wait: Annotated[bool, typer.Option(help="Wait and print the report.")] = True,
+    as_json: AsJson = False,
+) -> None:
+    """Re-run failed items in the same experiment."""
+    from scheduler.errors import InputError
+    from scheduler.experiments.reruns import rerun_failed
+
+    if not failed:
+        raise InputError("say what to re-run: `evalq rerun ID --failed`")
+    count = rerun_failed(experiment_id)
+    _after_enqueue(experiment_id, count, "failed items re-enqueued", wait, as_json)
+
+
+def resume(
+    experiment_id: ExperimentId,
+    wait: Annotated[bool, typer.Option(help="Wait and print the report.")] = True,
+    as_json: AsJson = False,
+) -> None:
+    """Enqueue every item of the experiment that never finished (after a crash)."""
+    from scheduler.experiments.reruns import resume as resume_run
+
+    count = resume_run(experiment_id)
+    _after_enqueue(experiment_id, count, "unfinished items enqueued", wait, as_json)
+
+
+def _after_enqueue(experiment_id: int, count: int, what: str, wait: bool, as_json: bool
+                   ) -> None:
+    from scheduler.experiments.enqueue import wait_for_experiment
+
+    if not as_json:
+        render.err.print(f"experiment {experiment_id}: {count} {what}")
+    if not wait or count == 0:
+        if as_json:
+            emit_json({"experiment_id": experiment_id, "enqueued": count})
+        return
+    data = wait_for_experiment(experiment_id, on_no_worker=warn_no_worker)
+    emit_json({"experiment_id": experiment_id, "enqueued": count, "report": data}) \
+        if as_json else render.print_report(data)
+
+
+def rescore(
+    experiment_id: ExperimentId,
+    scorer: Annotated[list[str], typer.Option(
+        "--scorer", "-s", help="Scorer to add (name or JSON spec), repeatable.")],
+    as_json: AsJson = False,
+) -> None:
+    """Add scorers to a completed experiment, scoring its stored outputs (the target is
+    not called again)."""
+    from scheduler.experiments.reruns import rescore as add_scorers
+    from scheduler.experiments.reruns import wait_for_rescore
+    from scheduler.reports.experiment import experiment_report
+
+    labels = add_scorers(experiment_id, [parse_scorer(s) for s in scorer])
+    if not as_json:
+        render.err.print(f"experiment {experiment_id}: scoring with {', '.join(labels)}")
+    wait_for_rescore(experiment_id, labels)
+    data = experiment_report(experiment_id)
+    emit_json({"experiment_id": experiment_id, "added": labels, "report": data}) \
+        if as_json else render.print_report(data)
+
+
+def run_gate(report_data: dict[str, Any], *, fail_under: list[str], baseline: int | None,
+             fail_on_regression: bool, junit: Path | None) -> Any:
+    """The CI gate of `evalq run`: thresholds and regression against a baseline. Writes the
+    JUnit file if asked. Returns the GateResult, or None when no gate was asked for."""
+    from scheduler.errors import InputError
+    from scheduler.reports.gate import evaluate_gate, parse_thresholds
+
+    experiment_id = report_data["experiment_id"]
+    if junit is not None:
+        from scheduler.reports.experiment import load_items
+        from scheduler.reports.junit import write_junit
+
+        write_junit(report_data, load_items(experiment_id)[2], junit)
+    if fail_on_regression and baseline is None:
+        raise InputError("--fail-on-regression needs --baseline EXPERIMENT_ID")
+    if not fail_under and baseline is None:
+        return None
+    comparison = None
+    if baseline is not None:
+        from scheduler.reports.compare import compare_experiments
+
+        comparison = compare_experiments(baseline, experiment_id)
+    return evaluate_gate(report_data, fail_under=parse_thresholds(fail_under),
+                         comparison=comparison, fail_on_regression=fail_on_regression)
+
+
+_KEY_VARIABLE = re.compile(r"\b[A-Z][A-Z0-9_]*_API_KEY\b")
+
+
+def next_step(error: str, experiment_id: int) -> str:
+    """What to do about a model error (an "ErrorType: message" text or an experiment's
+    failure reason), in one sentence."""
+    from workers.llm.calls import missing_credentials
+
+    where = ("in the environment of the process that calls the model (this shell in "
+             "embedded mode, every worker in distributed mode)")
+    if missing_credentials(error):
+        named = _KEY_VARIABLE.search(error)
+        key = named.group(0) if named else "the provider's API key (e.g. OPENAI_API_KEY)"
+        return f"set {key} {where}, then run again"
+    if "AuthenticationError" in error:
+        return (f"the provider refused the API key: check it (e.g. OPENAI_API_KEY) {where}, "
+                "and that it belongs to this provider or --api-base, then run again")
+    if "PermissionDeniedError" in error:
+        return ("the key may not use this model or endpoint: check the key's permissions "
+                "(project, organisation) or pick another --model, then run again")
+    if "NotFoundError" in error:
+        return ("the provider does not know this model: check --model (provider/model, "
+                "e.g. openai/gpt-4o-mini) and --api-base, then run again")
+    if any(name in error for name in ("BadRequestError", "UnprocessableEntityError",
+                                      "ContextWindowExceededError")):
+        return ("the provider rejected the request: check --param values, the prompt "
+                f"and the model's limits; `evalq report {experiment_id}` shows each item's "
+                "error")
+    return (f"`evalq report {experiment_id}` shows each item's error; "
+            f"`evalq rerun {experiment_id} --failed` runs the failed items again")
+
+
+def _first_error(experiment_id: int) -> str | None:
+    """"ErrorType: message" of the experiment's first failed item, if any."""
+    import sqlalchemy as sa
+    from sqlmodel import col
+
+    from models.db import session_scope
+    from models.tables import Result, ResultStatus
+
+    with session_scope() as session:
+        row = session.execute(
+            sa.select(col(Result.error_type), col(Result.error))
+            .where(col(Result.experiment_id) == experiment_id,
+                   col(Result.status) == ResultStatus.ERROR)
+            .order_by(col(Result.id)).limit(1)).first()
+    return None if row is None else f"{row[0] or 'error'}: {row[1] or ''}".strip()
+
+
+def _say(text: str) -> None:
+    render.err.print(text, highlight=False, soft_wrap=True, markup=False)
+
+
+def run_exit_code(report_data: dict[str, Any], gate: Any, *, max_failures: int = 0) -> int:
+    """The exit code of `evalq run` once the experiment is over: 1 when it failed (said on
+    stderr with its reason and what to do), when more than `max_failures` items failed,
+    or when the gate failed; else 0."""
+    from models.tables import ExperimentStatus
+
+    experiment_id = report_data["experiment_id"]
+    counts = report_data["counts"]
+    if report_data["status"] == ExperimentStatus.FAILED:
+        reason = report_data.get("error") or _first_error(experiment_id) or "no reason recorded"
+        _say(f"error: experiment {experiment_id} failed ({counts['done']} done, "
+             f"{counts['failed']} failed, {counts['pending']} not run): {reason[:1000]}")
+        _say(f"next: {next_step(reason, experiment_id)}")
+        return 1
+    if counts["failed"] > max_failures:
+        first = _first_error(experiment_id) or ""
+        kinds = ", ".join(f"{k}×{v}" for k, v in (report_data.get("errors") or {}).items())
+        _say(f"error: {counts['failed']} of {counts['total']} items of experiment "
+             f"{experiment_id} failed ({kinds}), more than --max-failures {max_failures}; "
+             f"first: {first[:1000]}")
+        _say(f"next: {next_step(first, experiment_id)}")
+        return 1
+    return 0 if gate is None or gate.ok else 1
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the main CLI."""
+    for fn in (report, compare, rerun, resume, rescore):
+        app.command(fn.__name__)(handle_errors(fn))

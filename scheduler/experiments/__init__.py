@@ -1,0 +1,3 @@
+"""Offline experiments: reading a dataset file, enqueueing (broker or embedded thread pool),
+waiting, re-runs, and who is doing the work.
+"""

@@ -1,0 +1,118 @@
+"""Re-runs of an experiment: failed items again, unfinished items after a crash, and new
+scorers on stored outputs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import col
+
+from models.crud import (
+    add_scorer_specs,
+    get_experiment,
+    mark_experiment,
+    missing_results,
+    reset_failed_results,
+)
+from models.db import session_scope
+from models.settings import get_settings
+from models.tables import ExperimentStatus, Result, ResultStatus, Score
+from scheduler.errors import InputError, WaitTimeout
+from scheduler.experiments.enqueue import _prepare_database, _resolve, dispatch
+
+
+def rerun_failed(experiment_id: int) -> int:
+    """Run again, in the same experiment, the (item, repeat)s whose target failed (not
+    those that scored low). Returns how many were re-enqueued."""
+    _prepare_database()
+    with session_scope() as session:
+        exp = get_experiment(session=session, experiment_id=experiment_id)
+        config = exp.config_version
+        pairs = reset_failed_results(session=session, experiment_id=experiment_id)
+    if pairs:
+        dispatch(experiment_id, "evalq.run_item", [(experiment_id, i, r) for i, r in pairs],
+                 kwargs={"config": config})
+    return len(pairs)
+
+
+def resume(experiment_id: int) -> int:
+    """Enqueue every (item, repeat) that has no Result (after a crash of everything).
+    Items still queued run once: a task whose Result exists is skipped."""
+    _prepare_database()
+    with session_scope() as session:
+        exp = get_experiment(session=session, experiment_id=experiment_id)
+        config = exp.config_version
+        pairs = missing_results(session=session, experiment_id=experiment_id)
+        if pairs:
+            mark_experiment(session=session, experiment_id=experiment_id,
+                            status=ExperimentStatus.RUNNING)
+    if pairs:
+        dispatch(experiment_id, "evalq.run_item", [(experiment_id, i, r) for i, r in pairs],
+                 kwargs={"config": config})
+    return len(pairs)
+
+
+def rescore(experiment_id: int, scorers: Sequence[str | dict[str, Any]]) -> list[str]:
+    """Add scorers to a completed experiment and score its stored outputs with them
+    (no target call). Returns the new labels; `wait_for_rescore` waits for them."""
+    _prepare_database()
+    with session_scope() as session:
+        exp = get_experiment(session=session, experiment_id=experiment_id)
+        if exp.status != ExperimentStatus.COMPLETED:
+            raise InputError(f"experiment {experiment_id} is {exp.status}; rescore a completed "
+                             f"experiment (`evalq resume {experiment_id}` finishes it first)")
+        taken = {s["label"] for s in exp.scorers or []}
+    resolved = _resolve(scorers)
+    specs = []
+    for scorer in resolved:
+        spec = scorer.spec()
+        n = 2
+        while spec["label"] in taken:
+            spec["label"] = f"{scorer.name}#{n}"
+            n += 1
+        taken.add(spec["label"])
+        specs.append(spec)
+    with session_scope() as session:
+        add_scorer_specs(session=session, experiment_id=experiment_id, specs=specs)
+        result_ids = session.execute(
+            sa.select(col(Result.id)).where(col(Result.experiment_id) == experiment_id,
+                                            col(Result.status) == ResultStatus.OK)).scalars().all()
+    dispatch(experiment_id, "evalq.rescore_result",
+             [(experiment_id, rid) for rid in result_ids])
+    return [s["label"] for s in specs]
+
+
+def rescore_progress(experiment_id: int, labels: Sequence[str]) -> tuple[int, int]:
+    """(scores stored for the new labels, scores expected)."""
+    with session_scope() as session:
+        expected = session.execute(
+            sa.select(sa.func.count()).select_from(Result)
+            .where(col(Result.experiment_id) == experiment_id,
+                   col(Result.status) == ResultStatus.OK)).scalar_one() * len(labels)
+        done = session.execute(
+            sa.select(sa.func.count()).select_from(Score)
+            .where(col(Score.experiment_id) == experiment_id,
+                   col(Score.scorer).in_(list(labels)))).scalar_one()
+    return done, expected
+
+
+def wait_for_rescore(experiment_id: int, labels: Sequence[str], timeout: float | None = None,
+                     on_progress: Callable[[int, int], None] | None = None) -> None:
+    """Block until every stored output has a Score for each new label."""
+    from workers.offline.rescore import refresh_totals
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        done, expected = rescore_progress(experiment_id, labels)
+        if on_progress:
+            on_progress(done, expected)
+        if done >= expected:
+            refresh_totals(experiment_id)
+            return
+        if deadline is not None and time.monotonic() >= deadline:
+            raise WaitTimeout(f"rescore of experiment {experiment_id}: {done}/{expected} "
+                              "scores after the timeout; it goes on in the workers")
+        time.sleep(get_settings().poll_interval_s)

@@ -1,0 +1,264 @@
+"""Compare two experiments item by item: a baseline and a candidate.
+
+Items are matched on their dataset key and averaged over repeats. Per scorer both have:
+the means over the items both scored, the mean paired difference with a percentile
+bootstrap 95% interval (items resampled with replacement), a verdict, and the items that
+flipped between pass and fail. Cost and latency deltas, and optionally an LLM judge that
+compares the two outputs of every item (`llm_pairwise`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+from models.tables import Dataset, Experiment, ResultStatus
+from scheduler.errors import InputError
+from scheduler.reports.experiment import ItemRow, load_items, percentile
+from scheduler.reports.stats import mean_ci
+
+if TYPE_CHECKING:  # the workers (and litellm) are imported only when a judge is asked for
+    from workers.scorers import ResolvedScorer, Sample
+
+KEY_CAP = 50  # keys listed in only_in_baseline / only_in_candidate
+FLIP_CAP = 100  # entries listed in pass_to_fail / fail_to_pass
+PAIRWISE_CONCURRENCY = 8
+IMPROVED, REGRESSED, NO_CHANGE = "improved", "regressed", "no significant change"
+NO_DATA = "no scored pairs"
+
+
+def _r(value: float | None, digits: int = 6) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _by_key(rows: list[ItemRow]) -> dict[str, list[ItemRow]]:
+    """Rows grouped by item key, repeats in order, keys in file order."""
+    groups: dict[str, list[ItemRow]] = defaultdict(list)
+    for row in sorted(rows, key=lambda r: (r.position, r.repeat)):
+        groups[row.key].append(row)
+    return dict(groups)
+
+
+def _item_score(rows: list[ItemRow], label: str) -> tuple[float, bool] | None:
+    """(mean value over the scored repeats, passes) of one item, or None if never scored.
+    An item passes when at least half of its scored repeats passed."""
+    scored = [r.scores[label] for r in rows
+              if label in r.scores and r.scores[label].get("value") is not None]
+    if not scored:
+        return None
+    pass_rate = sum(1 for s in scored if s.get("passed")) / len(scored)
+    return statistics.fmean(float(s["value"]) for s in scored), pass_rate >= 0.5
+
+
+def _first_output(rows: list[ItemRow]) -> ItemRow:
+    """The first repeat that produced an output (else the first repeat)."""
+    return next((r for r in rows if r.output is not None), rows[0])
+
+
+def _explanation(rows: list[ItemRow], label: str) -> str | None:
+    return next((r.scores[label].get("explanation") for r in rows
+                 if r.scores.get(label, {}).get("value") is not None), None)
+
+
+def bootstrap_ci(diffs: list[float], *, n_boot: int = 2000, seed: int = 0,
+                 confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of paired differences: `n_boot` times,
+    draw len(diffs) item indices with replacement (random.Random(seed)) and take the
+    mean; the interval is the (1-confidence)/2 and (1+confidence)/2 quantiles of those
+    means, linearly interpolated."""
+    if not diffs:
+        raise ValueError("bootstrap_ci needs at least one difference")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    rng, n, indices = random.Random(seed), len(diffs), range(len(diffs))
+    means = sorted(statistics.fmean(diffs[i] for i in rng.choices(indices, k=n))
+                   for _ in range(n_boot))
+    return _quantile(means, (1 - confidence) / 2), _quantile(means, (1 + confidence) / 2)
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    pos = q * (len(ordered) - 1)
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def _verdict(low: float, high: float) -> str:
+    return IMPROVED if low > 0 else REGRESSED if high < 0 else NO_CHANGE
+
+
+def _flip(key: str, base: list[ItemRow], cand: list[ItemRow], label: str,
+          values: tuple[float, float]) -> dict[str, Any]:
+    first = base[0]
+    return {"key": key, "input": first.input, "expected": first.expected,
+            "baseline_output": _first_output(base).output,
+            "candidate_output": _first_output(cand).output,
+            "baseline_value": _r(values[0]), "candidate_value": _r(values[1]),
+            "baseline_explanation": _explanation(base, label),
+            "candidate_explanation": _explanation(cand, label)}
+
+
+def compare_scorer(keys: list[str], base: dict[str, list[ItemRow]],
+                   cand: dict[str, list[ItemRow]], label: str, *, n_boot: int,
+                   seed: int) -> dict[str, Any]:
+    """The comparison of one scorer over the items both experiments scored."""
+    pairs: list[tuple[str, tuple[float, bool], tuple[float, bool]]] = []
+    for key in keys:
+        b, c = _item_score(base[key], label), _item_score(cand[key], label)
+        if b is not None and c is not None:
+            pairs.append((key, b, c))
+    flips: dict[str, list[dict[str, Any]]] = {"pass_to_fail": [], "fail_to_pass": []}
+    for key, (b_value, b_pass), (c_value, c_pass) in pairs:
+        if b_pass != c_pass:
+            flips["pass_to_fail" if b_pass else "fail_to_pass"].append(
+                _flip(key, base[key], cand[key], label, (b_value, c_value)))
+    out: dict[str, Any] = {"n_pairs": len(pairs), "baseline_mean": None,
+                           "candidate_mean": None, "diff": None, "ci_low": None,
+                           "ci_high": None, "ci_method": "paired bootstrap percentile",
+                           "n_boot": n_boot, "verdict": NO_DATA}
+    if pairs:
+        b_mean = statistics.fmean(b[0] for _, b, _ in pairs)
+        c_mean = statistics.fmean(c[0] for _, _, c in pairs)
+        low, high = bootstrap_ci([c[0] - b[0] for _, b, c in pairs], n_boot=n_boot,
+                                 seed=seed)
+        out.update(baseline_mean=_r(b_mean), candidate_mean=_r(c_mean),
+                   diff=_r(c_mean - b_mean), ci_low=_r(low), ci_high=_r(high),
+                   verdict=_verdict(low, high))
+    for name, entries in flips.items():
+        out[f"n_{name}"] = len(entries)
+        out[name] = entries[:FLIP_CAP]
+    return out
+
+
+def _costs(groups: list[list[ItemRow]]) -> dict[str, Any]:
+    rows = [r for g in groups for r in g]
+    finished = [r for r in rows if r.status is not None]
+    target = sum(r.cost_usd for r in finished)
+    judge = sum(s.get("judge_cost_usd") or 0.0 for r in rows for s in r.scores.values())
+    total = target + judge
+    return {"target": round(target, 8), "judge": round(judge, 8), "total": round(total, 8),
+            "mean_per_item": round(total / len(finished), 8) if finished else None,
+            "n_results": len(finished)}
+
+
+def _latency(groups: list[list[ItemRow]]) -> dict[str, float | None]:
+    values = [r.latency_ms for g in groups for r in g
+              if r.status == ResultStatus.OK and r.latency_ms is not None]
+    return {"p50": _r(percentile(values, 50), 3), "p95": _r(percentile(values, 95), 3)}
+
+
+def _delta(base: dict[str, Any], cand: dict[str, Any], fields: tuple[str, ...]
+           ) -> dict[str, float | None]:
+    return {f: None if base[f] is None or cand[f] is None else round(cand[f] - base[f], 8)
+            for f in fields}
+
+
+def _pairwise_scorer(pairwise: dict[str, Any]) -> ResolvedScorer:
+    from workers.errors import WorkerError
+    from workers.scorers import resolve_scorers
+
+    reserved = sorted({"type", "baseline", "label"} & set(pairwise))
+    if reserved:
+        raise InputError(f"pairwise options must not set {', '.join(reserved)}: the baseline "
+                         "is the baseline experiment's output of each item")
+    try:
+        return resolve_scorers([{"type": "llm_pairwise", **pairwise}])[0]
+    except WorkerError as exc:
+        raise InputError(f"pairwise judge: {exc}") from exc
+
+
+async def _judge_all(scorer: ResolvedScorer, samples: list[Sample]) -> list[dict[str, Any]]:
+    """Score rows for every sample, at most PAIRWISE_CONCURRENCY judge calls at a time."""
+    from workers.offline.execution import run_scorer
+
+    limit = asyncio.Semaphore(PAIRWISE_CONCURRENCY)
+
+    async def one(sample: Sample) -> dict[str, Any]:
+        async with limit:
+            return await run_scorer(scorer, sample)
+
+    return list(await asyncio.gather(*(one(s) for s in samples)))
+
+
+def pairwise_compare(keys: list[str], base: dict[str, list[ItemRow]],
+                     cand: dict[str, list[ItemRow]], pairwise: dict[str, Any]
+                     ) -> dict[str, Any]:
+    """A judge compares each item's candidate output with its baseline output (positions
+    swapped, so two judge calls per item); the win rate is the candidate's mean value."""
+    from workers.runtime import aio
+    from workers.scorers import Sample
+
+    scorer = _pairwise_scorer(pairwise)
+    samples: list[Sample] = []
+    for key in keys:
+        b, c = _first_output(base[key]), _first_output(cand[key])
+        if b.output is not None and c.output is not None:
+            samples.append(Sample(input=c.input, expected=c.expected, output=c.output,
+                                  metadata={**c.metadata, "baseline_output": b.output}))
+    rows = aio.run(_judge_all(scorer, samples)) if samples else []
+    values = [float(r["value"]) for r in rows if r["value"] is not None]
+    mean, low, high = mean_ci(values)
+    errors = [r["error"] for r in rows if r["value"] is None]
+    return {"judge": scorer.params.get("model"), "scorer_version": scorer.version,
+            "win_rate": _r(mean), "ci_low": _r(low), "ci_high": _r(high), "ci_method": "t",
+            "wins": sum(1 for v in values if v > 0.5),
+            "ties": sum(1 for v in values if v == 0.5),
+            "losses": sum(1 for v in values if v < 0.5),
+            "n_judged": len(values), "n_could_not_judge": len(errors),
+            "n_without_output": len(keys) - len(samples),
+            "errors": errors[:10],
+            "judge_cost_usd": round(sum(r["judge_cost_usd"] or 0.0 for r in rows), 8)}
+
+
+def _describe(exp: Experiment, dataset: Dataset | None) -> dict[str, Any]:
+    return {"id": exp.id, "name": exp.name, "status": exp.status, "model": exp.model,
+            "repeats": exp.repeats, "dataset": dataset.name if dataset else None,
+            "dataset_version": dataset.version if dataset else None}
+
+
+def compare_experiments(baseline_id: int, candidate_id: int, *, n_boot: int = 2000,
+                        seed: int = 0, pairwise: dict[str, Any] | None = None
+                        ) -> dict[str, Any]:
+    """Everything `evalq compare --json` prints: the candidate against the baseline.
+
+    Same dataset: every item is compared; different datasets or versions: the items whose
+    key is in both (the result says so). InputError when no item is in both.
+    Costs and latencies are over the compared items; `mean_per_item` is the mean cost of
+    one (item, repeat) run, target and judge.
+    """
+    if n_boot < 1:
+        raise InputError(f"n_boot must be at least 1, got {n_boot}")
+    b_exp, b_data, b_rows = load_items(baseline_id)
+    c_exp, c_data, c_rows = load_items(candidate_id)
+    base, cand = _by_key(b_rows), _by_key(c_rows)
+    keys = [k for k in base if k in cand]
+    if not keys:
+        raise InputError(
+            f"experiments {baseline_id} and {candidate_id} share no test case (matched on "
+            "the item key) — compare two runs of the same dataset")
+    only_base = [k for k in base if k not in cand]
+    only_cand = [k for k in cand if k not in base]
+    b_labels = {label for r in b_rows for label in r.scores}
+    c_labels = {label for r in c_rows for label in r.scores}
+    b_groups, c_groups = [base[k] for k in keys], [cand[k] for k in keys]
+    b_cost, c_cost = _costs(b_groups), _costs(c_groups)
+    b_lat, c_lat = _latency(b_groups), _latency(c_groups)
+    return {
+        "baseline": _describe(b_exp, b_data), "candidate": _describe(c_exp, c_data),
+        "same_dataset_version": b_exp.dataset_id == c_exp.dataset_id,
+        "items_compared": len(keys),
+        "n_only_in_baseline": len(only_base), "only_in_baseline": only_base[:KEY_CAP],
+        "n_only_in_candidate": len(only_cand), "only_in_candidate": only_cand[:KEY_CAP],
+        "scorers": {label: compare_scorer(keys, base, cand, label, n_boot=n_boot, seed=seed)
+                    for label in sorted(b_labels & c_labels)},
+        "scorers_only_in_baseline": sorted(b_labels - c_labels),
+        "scorers_only_in_candidate": sorted(c_labels - b_labels),
+        "cost": {"baseline": b_cost, "candidate": c_cost,
+                 "diff": _delta(b_cost, c_cost, ("total", "mean_per_item"))},
+        "latency_ms": {"baseline": b_lat, "candidate": c_lat,
+                       "diff": _delta(b_lat, c_lat, ("p50", "p95"))},
+        "pairwise": pairwise_compare(keys, base, cand, pairwise) if pairwise else None,
+    }
