@@ -17,7 +17,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
 async def run(n: int, concurrency: int, api_base: str, model: str) -> dict[str, float]:
-    import litellm
+    import litellm  # lazy: ~3 s to import, and it reads LITELLM_LOCAL_MODEL_COST_MAP (above)
 
     litellm.suppress_debug_info = True
     semaphore = asyncio.Semaphore(concurrency)

@@ -14,8 +14,23 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from bench.procs import PG_ADMIN, REPO, create_pg_database, drop_pg_database, machine
-from tests.support import RedisServer
+import sqlalchemy as sa
+
+from bench.procs import (
+    PG_ADMIN,
+    REPO,
+    RedisServer,
+    create_pg_database,
+    drop_pg_database,
+    machine,
+)
+from models.db import dispose_engines, get_engine
+from models.migrate import upgrade
+from models.settings import reset_settings
+from scheduler.evaluators import add_evaluator
+from scheduler.reports.evaluator import online_report
+from workers.celery_app import app, sync_broker_url
+from workers.online.tick import tick_and_enqueue
 
 FILL_RUNS = """
 INSERT INTO production_run (source, external_id, created_at, ingested_at, input, output,
@@ -45,13 +60,13 @@ def main() -> None:
     db_url = create_pg_database(PG_ADMIN)
     os.environ.update(EVALQ_DATABASE_URL=db_url, EVALQ_BROKER_URL=redis.url,
                       EVALQ_INGEST_SETTLE_S="0")
+    reset_settings()  # the settings were read at import (workers.celery_app)
+    dispose_engines()
     results: dict[str, Any] = {"when": datetime.now(UTC).isoformat(), "machine": machine(),
                                "runs": args.runs, "batch": args.batch}
     try:
         results.update(measure(args))
     finally:
-        from models.db import dispose_engines
-
         dispose_engines()
         drop_pg_database(PG_ADMIN, db_url)
         redis.stop()
@@ -62,15 +77,6 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    import sqlalchemy as sa
-
-    from models.db import get_engine
-    from models.migrate import upgrade
-    from scheduler.evaluators import add_evaluator
-    from scheduler.reports.evaluator import online_report
-    from workers.celery_app import app, sync_broker_url
-    from workers.online.tick import tick_and_enqueue
-
     upgrade()
     sync_broker_url()
     engine = get_engine()

@@ -1,8 +1,13 @@
-"""Process helpers for the benchmarks: CPU time and peak RSS from /proc, services."""
+"""Process helpers for the benchmarks: CPU time and peak RSS from /proc, services.
+
+The tests use `RedisServer` and `free_port` too (tests may import bench, never the
+other way round)."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -41,9 +46,53 @@ def machine() -> dict[str, Any]:
             "python": sys.version.split()[0]}
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A `redis-server` subprocess on a free loopback port, no persistence."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def start(cls, port: int | None = None) -> RedisServer:
+        server = cls(port or free_port())
+        server.restart()
+        return server
+
+    def restart(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed: apt-get install redis-server")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not listen on {self.port} within 20 s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+
 def create_pg_database(admin_url: str) -> str:
     """A fresh PostgreSQL database for one benchmark run; returns its SQLAlchemy URL."""
-    import psycopg
+    import psycopg  # lazy: ~150 ms to import; the tests import this module for RedisServer
 
     name = f"evalq_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
@@ -53,7 +102,8 @@ def create_pg_database(admin_url: str) -> str:
 
 
 def drop_pg_database(admin_url: str, url: str) -> None:
-    import psycopg
+    import psycopg  # lazy, as in create_pg_database
+
 
     name = url.rsplit("/", 1)[1]
     with psycopg.connect(admin_url, autocommit=True) as conn:

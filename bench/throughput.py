@@ -21,9 +21,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.fakellm import FakeLLM
 from bench.procs import (
     PG_ADMIN,
     REPO,
+    RedisServer,
     cpu_seconds,
     create_pg_database,
     drop_pg_database,
@@ -31,8 +33,10 @@ from bench.procs import (
     peak_rss_mb,
     start_worker,
 )
-from tests.fakellm import FakeLLM
-from tests.support import RedisServer
+from models.db import dispose_engines
+from models.migrate import upgrade
+from models.settings import reset_settings
+from scheduler import enqueue_offline_run, progress
 
 
 def write_dataset(path: Path, n: int) -> Path:
@@ -51,8 +55,6 @@ def baseline(fake: FakeLLM, n: int, concurrency: int) -> dict[str, Any]:
 
 
 def _wait_done(experiment_id: int, timeout: float) -> dict[str, Any]:
-    from scheduler.experiments.enqueue import progress
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = progress(experiment_id)
@@ -64,11 +66,6 @@ def _wait_done(experiment_id: int, timeout: float) -> dict[str, Any]:
 
 def distributed(fake: FakeLLM, dataset: Path, n: int, concurrency: int, workers: int,
                 workdir: Path) -> dict[str, Any]:
-    from models.db import dispose_engines
-    from models.migrate import upgrade
-    from models.settings import reset_settings
-    from scheduler import enqueue_offline_run
-
     redis = RedisServer.start()
     db_url = create_pg_database(PG_ADMIN)
     env = {**os.environ, "EVALQ_BROKER_URL": redis.url, "EVALQ_DATABASE_URL": db_url,

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from models.crud import _insert
+from models.crud import dialect_insert
 from models.tables import OnlineAlert, OnlineEvaluator, Score, SubjectType, utcnow
 
 
@@ -142,7 +142,7 @@ def insert_alert(
     constraint, not a read before the write, decides who fires.
     """
     stmt = (
-        _insert(session, OnlineAlert)
+        dialect_insert(session, OnlineAlert)
         .values(evaluator_id=evaluator_id, scorer=scorer, window_start=window_start,
                 mean=mean, threshold=threshold, n=n, delivered=False, error=None,
                 created_at=utcnow())

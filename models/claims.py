@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col
 
 from models.aggregates import to_utc
-from models.crud import _insert
+from models.crud import dialect_insert
 from models.tables import ClaimStatus, OnlineClaim, OnlineEvaluator, ProductionRun
 
 RUN_COLUMNS = ("source", "status", "model")  # filter keys matched on columns; others: meta
@@ -130,7 +130,7 @@ def claim_batch(*, session: Session, evaluator_id: int, now: datetime, claim_tim
     new: list[int] = []
     if picked:
         new = [r[0] for r in session.execute(
-            _insert(session, OnlineClaim).values(picked)
+            dialect_insert(session, OnlineClaim).values(picked)
             .on_conflict_do_nothing(index_elements=["evaluator_id", "run_id"])
             .returning(OnlineClaim.id)  # type: ignore[arg-type]
         ).all()]

@@ -19,16 +19,21 @@ from models.tables import (
     DatasetItem,
     Experiment,
     ExperimentStatus,
+    ProductionRun,
     Result,
+    ResultCreate,
     ResultStatus,
     Score,
+    ScoreBase,
+    ScoreCreate,
+    SubjectType,
     utcnow,
 )
 
 _INSERT_CHUNK = 500
 
 
-def _insert(session: Session, table: Any) -> Any:
+def dialect_insert(session: Session, table: Any) -> Any:
     """The dialect's INSERT, which knows ON CONFLICT."""
     name = session.get_bind().dialect.name
     if name == "postgresql":
@@ -46,7 +51,7 @@ def get_or_create_dataset(
 ) -> tuple[Dataset, bool]:
     """The dataset (name, version), created with its items if new. Returns (row, created)."""
     stmt = (
-        _insert(session, Dataset)
+        dialect_insert(session, Dataset)
         .values(name=name, version=version, source=source, item_count=len(items),
                 created_at=utcnow())
         .on_conflict_do_nothing(index_elements=["name", "version"])
@@ -113,33 +118,20 @@ def mark_experiment(
     session.execute(sa.update(Experiment).where(col(Experiment.id) == experiment_id).values(values))
 
 
-def existing_result_status(
-    *, session: Session, experiment_id: int, item_id: int, repeat: int
-) -> str | None:
-    """Status of the Result of (experiment, item, repeat), or None if there is none."""
-    return session.exec(
-        select(Result.status).where(
-            Result.experiment_id == experiment_id,
-            Result.item_id == item_id,
-            Result.repeat == repeat,
-        )
-    ).first()
-
-
 def _counter_delta(status: str) -> tuple[int, int]:
     return (1, 0) if status == ResultStatus.OK else (0, 1)
 
 
-def upsert_result(*, session: Session, result_in: dict[str, Any]) -> tuple[int, str | None]:
+def upsert_result(*, session: Session, result_in: ResultCreate) -> tuple[int, str | None]:
     """Insert or replace the Result on (experiment_id, item_id, repeat).
 
     Returns (result id, previous status or None if the row is new). The caller
     keeps the experiment's counters in step inside the same transaction.
     """
     now = utcnow()
-    values = {**result_in, "created_at": now, "updated_at": now}
+    values = {**result_in.model_dump(), "created_at": now, "updated_at": now}
     inserted = session.execute(
-        _insert(session, Result)
+        dialect_insert(session, Result)
         .values(values)
         .on_conflict_do_nothing(index_elements=["experiment_id", "item_id", "repeat"])
         .returning(Result.id)  # type: ignore[arg-type]
@@ -147,9 +139,9 @@ def upsert_result(*, session: Session, result_in: dict[str, Any]) -> tuple[int, 
     if inserted is not None:
         return inserted, None
     key = (
-        (col(Result.experiment_id) == result_in["experiment_id"])
-        & (col(Result.item_id) == result_in["item_id"])
-        & (col(Result.repeat) == result_in["repeat"])
+        (col(Result.experiment_id) == result_in.experiment_id)
+        & (col(Result.item_id) == result_in.item_id)
+        & (col(Result.repeat) == result_in.repeat)
     )
     row = session.execute(
         sa.select(Result.id, Result.status).where(key).with_for_update()  # type: ignore[call-overload]
@@ -159,13 +151,13 @@ def upsert_result(*, session: Session, result_in: dict[str, Any]) -> tuple[int, 
     return row.id, row.status
 
 
-def upsert_scores(*, session: Session, scores_in: Iterable[dict[str, Any]]) -> None:
+def upsert_scores(*, session: Session, scores_in: Iterable[ScoreCreate]) -> None:
     """Insert or replace Scores on (subject_type, subject_id, scorer, scorer_version)."""
     now = utcnow()
-    rows = [{"evaluator_id": 0, "subject_at": None, **s, "created_at": now} for s in scores_in]
+    rows = [{**s.model_dump(), "created_at": now} for s in scores_in]
     if not rows:
         return
-    stmt = _insert(session, Score)
+    stmt = dialect_insert(session, Score)
     update_cols = {
         c: getattr(stmt.excluded, c)
         for c in (
@@ -184,54 +176,52 @@ def upsert_scores(*, session: Session, scores_in: Iterable[dict[str, Any]]) -> N
     )
 
 
-def record_item_outcome(
-    *, session: Session, result_in: dict[str, Any], scores_in: Sequence[dict[str, Any]]
-) -> bool:
-    """Write one (item, repeat)'s Result and Scores, and finalize the experiment if it was
-    the last one. Idempotent. Returns True only for the call that finalized it."""
-    return record_outcomes(session=session, experiment_id=result_in["experiment_id"],
+def record_item_outcome(*, session: Session, result_in: ResultCreate,
+                        scores_in: Sequence[ScoreBase]) -> bool:
+    """Write one (item, repeat)'s Result and Scores (see record_outcomes)."""
+    return record_outcomes(session=session, experiment_id=result_in.experiment_id,
                            outcomes=[(result_in, scores_in)])
 
 
 def record_outcomes(
     *, session: Session, experiment_id: int,
-    outcomes: Sequence[tuple[dict[str, Any], Sequence[dict[str, Any]]]],
+    outcomes: Sequence[tuple[ResultCreate, Sequence[ScoreBase]]],
 ) -> bool:
-    """Write several (item, repeat)s' Results and Scores in this transaction: one
+    """Write several (item, repeat)s' Results and their Scores in this transaction: one
     multi-row insert for new Results, an upsert for those that exist (a redelivery, a
     rerun), one multi-row score upsert, one counter update. Finalizes the experiment if
     this completed it; returns True only for the call that finalized it."""
     if not outcomes:
         return False
     now = utcnow()
-    rows = [{**r, "created_at": now, "updated_at": now} for r, _ in outcomes]
+    rows = [{**r.model_dump(), "created_at": now, "updated_at": now} for r, _ in outcomes]
     inserted = session.execute(
-        _insert(session, Result).values(rows)
+        dialect_insert(session, Result).values(rows)
         .on_conflict_do_nothing(index_elements=["experiment_id", "item_id", "repeat"])
         .returning(col(Result.id), col(Result.item_id), col(Result.repeat))
     ).all()
     new_ids = {(r[1], r[2]): r[0] for r in inserted}
     d_done = d_failed = 0
     spent = 0.0
-    score_rows: list[dict[str, Any]] = []
-    for result_in, scores_in in outcomes:
-        key = (result_in["item_id"], result_in["repeat"])
+    scores: list[ScoreCreate] = []
+    for result_in, verdicts in outcomes:
+        key = (result_in.item_id, result_in.repeat)
         previous: str | None = None
         if key in new_ids:
             result_id = new_ids[key]
         else:
             result_id, previous = upsert_result(session=session, result_in=result_in)
-        done, failed = _counter_delta(result_in["status"])
+        done, failed = _counter_delta(result_in.status)
         if previous is not None:
             old_done, old_failed = _counter_delta(previous)
             done, failed = done - old_done, failed - old_failed
         else:  # running spend, for the budget; exact totals at finalization
-            spent += float(result_in.get("cost_usd") or 0.0) + sum(
-                float(s.get("judge_cost_usd") or 0.0) for s in scores_in)
+            spent += float(result_in.cost_usd or 0.0) + sum(
+                float(v.judge_cost_usd or 0.0) for v in verdicts)
         d_done, d_failed = d_done + done, d_failed + failed
-        score_rows += [{**s, "subject_id": result_id, "experiment_id": experiment_id}
-                       for s in scores_in]
-    upsert_scores(session=session, scores_in=score_rows)
+        scores += [ScoreCreate.of(v, subject_type=SubjectType.RESULT, subject_id=result_id,
+                                  experiment_id=experiment_id) for v in verdicts]
+    upsert_scores(session=session, scores_in=scores)
     row = session.execute(
         sa.update(Experiment)
         .where(col(Experiment.id) == experiment_id)
@@ -322,14 +312,12 @@ def stored_items(*, session: Session, dataset_id: int) -> list[DatasetItem]:
 def insert_runs(*, session: Session, rows_in: Sequence[dict[str, Any]]) -> int:
     """Insert production runs, skipping (source, external_id) pairs already stored.
     Returns how many were new."""
-    from models.tables import ProductionRun
-
     if not rows_in:
         return 0
     now = utcnow()
     rows = [{**r, "ingested_at": now} for r in rows_in]
     inserted = session.execute(
-        _insert(session, ProductionRun)
+        dialect_insert(session, ProductionRun)
         .values(rows)
         .on_conflict_do_nothing(index_elements=["source", "external_id"])
         .returning(ProductionRun.id)  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, Session, SQLModel, col
 
+from models.crud import dialect_insert
 from models.tables import JSONType, utcnow
 from models.types import UTCDateTime
 
@@ -73,15 +74,10 @@ class TaskLease(SQLModel, table=True):
 def beat(*, session: Session, name: str, hostname: str, pid: int, queues: str,
          concurrency: int, now: datetime) -> None:
     """Record that worker `name` is alive at `now` (an upsert on its name)."""
-    dialect = session.get_bind().dialect.name
     values = {"name": name, "hostname": hostname, "pid": pid, "queues": queues[:500],
               "concurrency": concurrency, "started_at": now, "seen_at": now,
               "stopped_at": None}
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-    stmt = insert(WorkerBeat).values(values)
+    stmt = dialect_insert(session, WorkerBeat).values(values)
     session.execute(stmt.on_conflict_do_update(
         index_elements=["name"], set_={"seen_at": now, "stopped_at": None}))
 

@@ -7,6 +7,7 @@ nothing in the application path calls `create_all`.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 from alembic import command
@@ -14,6 +15,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from tenacity import (
     Retrying,
     before_sleep_log,
@@ -24,6 +26,7 @@ from tenacity import (
 
 from models.db import get_engine, safe_url
 from models.errors import DatabaseNotMigrated, DatabaseUnavailable
+from models.settings import get_settings
 
 log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -53,8 +56,6 @@ def current_revision(engine: Engine) -> str | None:
 
 def wait_for_database(engine: Engine, timeout_s: float = 30.0) -> None:
     """Block until the database accepts a connection, or raise DatabaseUnavailable."""
-    from sqlalchemy.exc import OperationalError
-
     retrying = Retrying(
         retry=retry_if_exception_type(OperationalError),
         stop=stop_after_delay(timeout_s),
@@ -97,3 +98,25 @@ def ensure_migrated(url: str | None = None) -> None:
     if current != head:
         raise DatabaseNotMigrated(safe_url(key), current, head)
     _checked.add(key)
+
+
+_prepared: set[str] = set()
+_prepare_lock = threading.Lock()
+
+
+def prepare_database() -> None:
+    """Before the first write of a process: migrate a local SQLite file on first use
+    (embedded mode creates it); elsewhere, check that the database is migrated. Done once
+    per database per process."""
+    settings = get_settings()
+    url = settings.database_url
+    if url in _prepared:
+        return
+    with _prepare_lock:
+        if url in _prepared:
+            return
+        if settings.embedded and url.startswith("sqlite"):
+            upgrade()
+        else:
+            ensure_migrated()
+        _prepared.add(url)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
@@ -61,19 +61,15 @@ class SubjectType(StrEnum):
 # --- datasets -------------------------------------------------------------------------
 
 
-# Fields shared by a dataset's stored row and its public view.
-class DatasetBase(SQLModel):
+# A named, versioned set of test cases.
+class Dataset(SQLModel, table=True):
+    __table_args__ = (sa.UniqueConstraint("name", "version", name="uq_dataset_name_version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
     name: str = Field(index=True, max_length=200)
     version: str = Field(max_length=64)  # content hash of the normalised items
     source: str | None = Field(default=None, max_length=1000)
     item_count: int = 0
-
-
-# A named, versioned set of test cases.
-class Dataset(DatasetBase, table=True):
-    __table_args__ = (sa.UniqueConstraint("name", "version", name="uq_dataset_name_version"),)
-
-    id: int | None = Field(default=None, primary_key=True)
     created_at: datetime = _ts()
 
 
@@ -135,17 +131,9 @@ class Experiment(ExperimentBase, table=True):
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
 
 
-# One (item, repeat) of an experiment: what the target produced, or why it failed.
-class Result(SQLModel, table=True):
-    __table_args__ = (
-        sa.UniqueConstraint("experiment_id", "item_id", "repeat", name="uq_result_key"),
-    )
-
-    id: int | None = Field(default=None, primary_key=True)
-    experiment_id: int = Field(foreign_key="experiment.id", index=True)
-    item_id: int = Field(foreign_key="dataset_item.id")
-    repeat: int = 0
-    status: str = Field(max_length=20)
+# What a target produced for one (item, repeat), or why it failed: the one definition of
+# these fields, shared by the Result row, its create model, the response cache and reports.
+class TargetOutput(SQLModel):
     output: str | None = None
     tool_calls: list[dict[str, Any]] | None = _json()
     outcome: str | None = Field(default=None, max_length=50)  # an agent's final state
@@ -159,30 +147,45 @@ class Result(SQLModel, table=True):
     cost_known: bool = True  # False when litellm has no price for the model
     attempts: int = 0
     response_model: str | None = Field(default=None, max_length=200)
+    # Replayed from the response cache: no provider call.
     cached: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+
+    # The fields the response cache stores and replays (not the call's own cost/attempts).
+    CACHED_FIELDS: ClassVar[tuple[str, ...]] = (
+        "output", "tool_calls", "prompt_tokens", "completion_tokens", "cost_known",
+        "response_model", "outcome", "latency_ms")
+
+
+# A Result as a task writes it: the (experiment, item, repeat) key, a status and the output.
+class ResultCreate(TargetOutput):
+    experiment_id: int = Field(foreign_key="experiment.id", index=True)
+    item_id: int = Field(foreign_key="dataset_item.id")
+    repeat: int = 0
+    status: str = Field(max_length=20)
+
+    @classmethod
+    def of(cls, experiment_id: int, item_id: int, repeat: int, output: TargetOutput,
+           status: ResultStatus | None = None) -> ResultCreate:
+        """The Result of `output`: OK, or ERROR when it carries an error (or `status`)."""
+        if status is None:
+            status = ResultStatus.ERROR if output.error else ResultStatus.OK
+        return cls.model_construct(**output.model_dump(), experiment_id=experiment_id,
+                                   item_id=item_id, repeat=repeat, status=status.value)
+
+
+# One (item, repeat) of an experiment: what the target produced, or why it failed.
+class Result(ResultCreate, table=True):
+    __table_args__ = (
+        sa.UniqueConstraint("experiment_id", "item_id", "repeat", name="uq_result_key"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
 
 
-# One scorer's verdict on one subject (an offline Result or a production run).
-class Score(SQLModel, table=True):
-    __table_args__ = (
-        sa.UniqueConstraint(
-            "subject_type", "subject_id", "evaluator_id", "scorer", "scorer_version",
-            name="uq_score_key",
-        ),
-        sa.Index("ix_score_experiment_scorer", "experiment_id", "scorer"),
-        sa.Index("ix_score_evaluator_subject_at", "evaluator_id", "subject_at"),
-    )
-
-    id: int | None = Field(default=None, primary_key=True)
-    subject_type: str = Field(max_length=20)
-    subject_id: int
-    experiment_id: int | None = Field(default=None, foreign_key="experiment.id")
-    # The online evaluator that scored a production run; 0 for offline scores.
-    evaluator_id: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
-    # When the subject happened (the Result's or the run's time): online windows use it.
-    subject_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
+# What one scorer said about one subject: the Score's fields, before it is attached.
+class ScoreBase(SQLModel):
     scorer: str = Field(max_length=200)  # the label: a name, or name + params hash
     scorer_version: str = Field(max_length=40)
     value: float | None = None  # in [0, 1]; None when the scorer could not score
@@ -194,19 +197,41 @@ class Score(SQLModel, table=True):
     judge_cost_usd: float = 0.0
     judge_tokens: int = 0
     judge_latency_ms: float | None = None
+
+
+# A Score as a task writes it: a verdict attached to its subject.
+class ScoreCreate(ScoreBase):
+    subject_type: str = Field(max_length=20)
+    subject_id: int
+    experiment_id: int | None = Field(default=None, foreign_key="experiment.id")
+    # The online evaluator that scored a production run; 0 for offline scores.
+    evaluator_id: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # When the subject happened (the Result's or the run's time): online windows use it.
+    subject_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
+
+    @classmethod
+    def of(cls, verdict: ScoreBase, *, subject_type: SubjectType, subject_id: int,
+           experiment_id: int | None = None, evaluator_id: int = 0,
+           subject_at: datetime | None = None) -> ScoreCreate:
+        """`verdict` attached to its subject."""
+        return cls.model_construct(**verdict.model_dump(), subject_type=subject_type.value,
+                                   subject_id=subject_id, experiment_id=experiment_id,
+                                   evaluator_id=evaluator_id, subject_at=subject_at)
+
+
+# One scorer's verdict on one subject (an offline Result or a production run).
+class Score(ScoreCreate, table=True):
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "subject_type", "subject_id", "evaluator_id", "scorer", "scorer_version",
+            name="uq_score_key",
+        ),
+        sa.Index("ix_score_experiment_scorer", "experiment_id", "scorer"),
+        sa.Index("ix_score_evaluator_subject_at", "evaluator_id", "subject_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
     created_at: datetime = _ts()
-
-
-# Read-only views handed to the CLI and the Python API.
-class ExperimentPublic(ExperimentBase):
-    id: int
-    dataset_id: int
-    status: str
-    total_items: int
-    n_done: int
-    n_failed: int
-    created_at: datetime
-    finished_at: datetime | None
 
 
 # --- online evals ---------------------------------------------------------------------

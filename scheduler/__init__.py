@@ -1,5 +1,12 @@
-"""Control plane of evalq: what gets evaluated and when, reports, the CLI."""
+"""Control plane of evalq: what gets evaluated and when, reports, the CLI.
 
+Rooms: experiments/ (datasets, enqueue, dispatch, wait, re-runs), evaluators.py (online
+evaluators), ingest/ (production runs in), reports/ (numbers out), cli/ (the `evalq`
+command), checks.py (input checks shared by them), liveness.py (who does the work).
+This module hands on the Python API.
+"""
+
+from scheduler.api import wait_for_experiment
 from scheduler.errors import (
     DatasetFormatError,
     EnqueueError,
@@ -8,7 +15,8 @@ from scheduler.errors import (
     WaitTimeout,
 )
 from scheduler.experiments.dataset_file import ParsedDataset, load_dataset_file
-from scheduler.experiments.enqueue import enqueue_offline_run, progress, wait_for_experiment
+from scheduler.experiments.enqueue import enqueue_offline_run
+from scheduler.experiments.wait import progress
 from scheduler.ingest.records import IngestSummary, RunIn, record_run, record_runs
 from scheduler.reports.experiment import experiment_report
 

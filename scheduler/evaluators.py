@@ -15,11 +15,18 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 
 from models.db import session_scope
+from models.migrate import prepare_database
 from models.settings import get_settings
 from models.tables import OnlineAlert, OnlineClaim, OnlineEvaluator, Score, utcnow
+from scheduler.checks import resolve_scorer_specs
 from scheduler.errors import InputError
+from workers.celery_app import sync_broker_url
 from workers.errors import WorkerError
+from workers.online.alerts import wait_for_deliveries
+from workers.online.claimed_runs import score_claim
+from workers.online.tick import tick, tick_and_enqueue
 from workers.runtime.logsafe import http_url_problem, mask_url, strip_url
+from workers.tasks import score_runs
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -104,8 +111,6 @@ def add_evaluator(
     `backfill_since`), sampled deterministically, on its own schedule. A `webhook_url`
     must be http(s) with a host; it is stored as given (a token in it is the endpoint's
     secret) and listed with its password and query values masked."""
-    from scheduler.experiments.enqueue import _prepare_database, _resolve
-
     if not name or len(name) > 200:
         raise InputError("an online evaluator needs a name of 1 to 200 characters")
     if not scorers:
@@ -120,7 +125,7 @@ def add_evaluator(
     every_s = parse_duration(every)
     if every_s < 1:
         raise InputError("--every must be at least 1s")
-    resolved = _resolve(scorers)
+    resolved = resolve_scorer_specs(scorers)
     now = utcnow()
     evaluator = OnlineEvaluator(
         name=name, scorers=[s.spec() for s in resolved], sample_rate=sample_rate,
@@ -129,7 +134,7 @@ def add_evaluator(
         next_due_at=now, alert_threshold=alert_threshold,
         alert_window_s=int(parse_duration(alert_window)), webhook_url=webhook_url,
     )
-    _prepare_database()
+    prepare_database()
     with session_scope() as session:
         if session.exec(select(OnlineEvaluator).where(OnlineEvaluator.name == name)).first():
             raise InputError(f"an online evaluator named {name!r} exists already "
@@ -141,9 +146,7 @@ def add_evaluator(
 
 def list_evaluators() -> list[dict[str, Any]]:
     """Every online evaluator, oldest first."""
-    from scheduler.experiments.enqueue import _prepare_database
-
-    _prepare_database()
+    prepare_database()
     with session_scope() as session:
         rows = session.exec(select(OnlineEvaluator).order_by(col(OnlineEvaluator.id))).all()
         return [_public(ev) for ev in rows]
@@ -181,9 +184,6 @@ def remove_evaluator(name: str) -> None:
 def tick_now(name: str | None = None, *, force: bool = True) -> dict[str, Any]:
     """Run one tick from this process: embedded mode scores the claimed runs here,
     distributed mode enqueues them for the workers. Returns counts."""
-    from workers.online.alerts import wait_for_deliveries
-    from workers.online.tick import score_claim, tick
-
     settings = get_settings()
     ids: list[int] | None = None
     if name is not None:
@@ -197,12 +197,9 @@ def tick_now(name: str | None = None, *, force: bool = True) -> dict[str, Any]:
         scored = sum(score_claim(c) == "scored" for c in pending)
         wait_for_deliveries()  # alert webhooks post in the background: record them first
         return {"claimed": sum(len(c.claim_ids) for c in claims), "scored": scored}
-    from workers.celery_app import app, sync_broker_url
-    from workers.online.tick import tick_and_enqueue
-
     sync_broker_url()
     try:
-        claimed = tick_and_enqueue(app, evaluator_ids=ids, force=force)
+        claimed = tick_and_enqueue(score_runs, evaluator_ids=ids, force=force)
     except WorkerError as exc:
         raise InputError(str(exc)) from None
     wait_for_deliveries()

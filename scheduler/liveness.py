@@ -3,7 +3,7 @@
 Read from the database (worker heartbeats and task leases, models/leases.py) and, for
 queue depths only, from the broker. Shared by `evalq workers`, `evalq status` and the
 no-worker warning of `wait_for_experiment`; the CLI only renders. Queue names come from
-workers.delivery.queues, imported inside the functions: importing `workers` loads Celery.
+workers.delivery.queues.
 """
 
 from __future__ import annotations
@@ -20,8 +20,12 @@ from sqlmodel import Session, col
 
 from models.db import session_scope
 from models.leases import LeaseState, TaskLease, WorkerBeat, live_workers
+from models.migrate import ensure_migrated
 from models.settings import get_settings
 from models.tables import utcnow
+from workers.celery_app import app as celery_app
+from workers.delivery.broker import queue_depths
+from workers.delivery.queues import ALL_QUEUES, Queue
 
 RECENT_S = 3600.0  # `evalq workers` lists workers gone within this long
 EMBEDDED_MESSAGE = ("no workers in embedded mode (no EVALQ_BROKER_URL): tasks run in the "
@@ -30,20 +34,14 @@ EMBEDDED_MESSAGE = ("no workers in embedded mode (no EVALQ_BROKER_URL): tasks ru
 
 def offline_queue() -> str:
     """The queue of an experiment's tasks (evalq.run_items, evalq.rescore_result)."""
-    from workers.delivery.queues import Queue
-
     return Queue.OFFLINE.value
 
 
 def all_queues() -> list[str]:
-    from workers.delivery.queues import Queue
-
     return [q.value for q in Queue]
 
 
 def worker_command() -> str:
-    from workers.delivery.queues import ALL_QUEUES
-
     return f"celery -A workers worker --queues {ALL_QUEUES}"
 
 
@@ -117,8 +115,6 @@ def workers_overview(*, now: datetime | None = None, recent_s: float = RECENT_S
     """Live workers and those stopped or dead within `recent_s`, with the tasks each
     holds. Embedded mode has none. Raises DatabaseNotMigrated on a database without
     evalq's schema."""
-    from models.migrate import ensure_migrated
-
     settings = get_settings()
     now = now or utcnow()
     dead_after = settings.worker_dead_after_s
@@ -239,11 +235,8 @@ def experiment_liveness(experiment_id: int, *, pending: int = 0) -> dict[str, An
     if settings.embedded:
         return {"mode": "embedded", "queues": None, "leases": None, "workers": None,
                 "warning": None}
-    from workers.celery_app import app
-    from workers.delivery.broker import queue_depths
-
     queue = offline_queue()
-    depths = queue_depths(app, all_queues())
+    depths = queue_depths(celery_app, all_queues())
     with session_scope() as session:
         live = live_workers(session=session, now=utcnow(),
                             dead_after_s=settings.worker_dead_after_s)

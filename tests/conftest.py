@@ -27,7 +27,7 @@ for _name in [n for n in os.environ if n.startswith("EVALQ_")]:
 # A test that forgets to choose a database must not write into the working directory.
 os.environ["EVALQ_DATABASE_URL"] = f"sqlite:///{tempfile.mkdtemp(prefix='evalq-tests-')}/evalq.db"
 
-from tests.fakellm import FakeLLM  # noqa: E402
+from bench.fakellm import FakeLLM  # noqa: E402
 from tests.support import (  # noqa: E402
     RABBITMQ_HOST,
     RABBITMQ_PORT,

@@ -8,7 +8,7 @@ from typing import Any
 
 from models.crud import create_experiment, dataset_item_ids, get_or_create_dataset
 from models.db import session_scope
-from models.tables import Experiment, ExperimentStatus
+from models.tables import Experiment, ExperimentStatus, ResultCreate, ScoreBase
 
 
 def make_items(n: int, *, prefix: str = "q") -> list[dict[str, Any]]:
@@ -41,23 +41,25 @@ def make_experiment(n_items: int = 5, *, repeats: int = 1, name: str = "exp",
 
 
 def result_in(experiment_id: int, item_id: int, repeat: int = 0, *, ok: bool = True,
-              cost: float = 0.001) -> dict[str, Any]:
-    """A Result row as a worker writes it."""
-    return {
+              cost: float = 0.001, **overrides: Any) -> ResultCreate:
+    """A Result as a worker writes it (fields in `overrides` replace the defaults)."""
+    return ResultCreate(**{
         "experiment_id": experiment_id, "item_id": item_id, "repeat": repeat,
         "status": "ok" if ok else "error", "output": "out" if ok else None,
         "tool_calls": None, "error": None if ok else "boom", "error_type": None if ok else "X",
         "latency_ms": 12.5, "prompt_tokens": 10, "completion_tokens": 3, "cost_usd": cost,
-        "cost_known": True, "attempts": 1, "response_model": "m",
-    }
+        "cost_known": True, "attempts": 1, "response_model": "m", **overrides,
+    })
 
 
-def score_in(label: str = "exact_match", value: float = 1.0) -> dict[str, Any]:
-    """A Score row (without subject) as a worker writes it."""
-    return {"subject_type": "result", "scorer": label, "scorer_version": "1", "value": value,
-            "passed": value >= 1.0, "explanation": "e", "error": None, "meta": None,
-            "judge_model": None, "judge_cost_usd": 0.0, "judge_tokens": 0,
-            "judge_latency_ms": None}
+def score_in(label: str = "exact_match", value: float | None = 1.0, **overrides: Any
+             ) -> ScoreBase:
+    """A scorer's verdict (a Score without its subject) as a worker writes it."""
+    return ScoreBase(**{
+        "scorer": label, "scorer_version": "1", "value": value,
+        "passed": value is not None and value >= 1.0, "explanation": "e", "error": None,
+        "meta": None, "judge_model": None, "judge_cost_usd": 0.0, "judge_tokens": 0,
+        "judge_latency_ms": None, **overrides})
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:

@@ -3,6 +3,7 @@ subprocesses."""
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import signal
@@ -10,9 +11,21 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any, Protocol
+
+import redis
+import sqlalchemy as sa
+from sqlmodel import SQLModel
+
+import models.tables  # noqa: F401 - registers every table on SQLModel.metadata
+from bench.procs import RedisServer  # bench never imports tests: the helpers live there
+from bench.procs import free_port as free_port  # re-exported: the tests import it from here
+from models.db import dispose_engines
+from models.settings import reset_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,69 +54,17 @@ class EnvPatch:
 
 
 def _reload() -> None:
-    from models.db import dispose_engines
-    from models.settings import reset_settings
-
     reset_settings()
     dispose_engines()
 
 
 def truncate_all(url: str) -> None:
     """Empty every evalq table of a PostgreSQL test database (ids restart at 1)."""
-    import sqlalchemy as sa
-    from sqlmodel import SQLModel
-
-    import models.tables  # noqa: F401
-
     names = ", ".join(f'"{t.name}"' for t in SQLModel.metadata.sorted_tables)
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.exec_driver_sql(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
     engine.dispose()
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisServer:
-    """A `redis-server` subprocess on a free loopback port, no persistence."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @classmethod
-    def start(cls, port: int | None = None) -> RedisServer:
-        server = cls(port or free_port())
-        server.restart()
-        return server
-
-    def restart(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed: apt-get install redis-server")
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not listen on {self.port} within 20 s")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-        self.process = None
 
 
 class Broker(Protocol):
@@ -238,8 +199,6 @@ class RabbitBroker:
 
 
 def redis_flush(url: str) -> None:
-    import redis
-
     redis.Redis.from_url(url).flushdb()
 
 
@@ -296,10 +255,6 @@ def http_get(url: str, auth: tuple[str, str] | None = None, timeout: float = 10
              ) -> tuple[int, bytes]:
     """GET `url` (no proxy), with HTTP basic auth when given: (status, body), also for
     4xx/5xx answers."""
-    import base64
-    import urllib.error
-    import urllib.request
-
     req = urllib.request.Request(url)
     if auth is not None:
         token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()

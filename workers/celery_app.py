@@ -13,8 +13,13 @@ from typing import Any
 
 from celery import Celery, signals
 
+from models.db import dispose_engines
+from models.errors import StorageError
+from models.migrate import ensure_migrated
 from models.settings import get_settings
 from workers.delivery.queues import TASK_QUEUES, Queue
+from workers.llm.ratelimit import require_shared_rate_limits
+from workers.llm.redis_url import RedisRequired
 from workers.runtime.logsafe import install_log_filters
 
 log = logging.getLogger(__name__)
@@ -120,10 +125,6 @@ def producer() -> Iterator[Any]:
 @signals.worker_init.connect
 def _refuse_unmigrated_database(**_: object) -> None:
     """A worker does not start on a database without evalq's current schema."""
-    from models.errors import StorageError
-    from models.migrate import ensure_migrated
-    from workers.llm.redis_url import RedisRequired, require_shared_rate_limits
-
     try:
         require_shared_rate_limits(get_settings())
     except RedisRequired as exc:
@@ -139,27 +140,4 @@ def _refuse_unmigrated_database(**_: object) -> None:
 @signals.worker_process_init.connect
 def _reset_after_fork(**_: object) -> None:
     """Connections and event loops are not shared across a fork."""
-    from models.db import dispose_engines
-
     dispose_engines()
-
-
-@signals.worker_ready.connect
-def _start_heartbeat(sender: Any = None, **_: object) -> None:
-    """Beat in the database while this worker runs (and sweep for lost work)."""
-    import os
-
-    from workers.delivery import heartbeat
-
-    hostname = getattr(sender, "hostname", None) or "celery"
-    queues = ",".join(sorted(app.amqp.queues.consume_from or {}))
-    concurrency = int(getattr(getattr(sender, "controller", None), "concurrency", 0) or 0)
-    heartbeat.start(f"{hostname}:{os.getpid()}", queues=queues, concurrency=concurrency)
-
-
-@signals.worker_shutdown.connect
-def _stop_heartbeat(**_: object) -> None:
-    """A clean stop frees at once what this worker still holds."""
-    from workers.delivery import heartbeat
-
-    heartbeat.stop()

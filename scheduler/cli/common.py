@@ -10,8 +10,13 @@ from typing import Any, TypeVar
 
 import typer
 from rich.markup import escape
+from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 
+from models.errors import StorageError
+from models.migrate import ensure_migrated
 from scheduler.cli import render
+from scheduler.errors import InputError, SchedulerError
+from workers.errors import WorkerError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -22,12 +27,6 @@ def handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
-
-        from models.errors import StorageError
-        from scheduler.errors import SchedulerError
-        from workers.errors import WorkerError
-
         try:
             try:
                 return fn(*args, **kwargs)
@@ -68,8 +67,6 @@ def _raise_if_not_migrated(exc: Exception) -> None:
     """A query that failed on a missing table or column: raise DatabaseNotMigrated (a
     message saying to run `evalq db upgrade`) when the schema is not evalq's current one;
     return otherwise (the caller re-raises the original error)."""
-    from models.migrate import ensure_migrated
-
     text = str(exc)
     if any(sign in text for sign in ("no such table", "no such column",  # SQLite
                                      "UndefinedTable", "UndefinedColumn")):  # PostgreSQL
@@ -87,8 +84,6 @@ def emit_json(obj: Any) -> None:
 
 
 def parse_scorer(text: str) -> str | dict[str, Any]:
-    from scheduler.errors import InputError
-
     if text.lstrip().startswith("{"):
         try:
             spec = json.loads(text)
@@ -99,8 +94,6 @@ def parse_scorer(text: str) -> str | dict[str, Any]:
 
 
 def parse_params(pairs: list[str]) -> dict[str, Any]:
-    from scheduler.errors import InputError
-
     params: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")

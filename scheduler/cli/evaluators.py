@@ -6,9 +6,22 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.table import Table
+from rich.text import Text
 
 from scheduler.cli import render
 from scheduler.cli.common import emit_json, handle_errors, parse_scorer
+from scheduler.evaluators import (
+    add_evaluator,
+    list_evaluators,
+    parse_duration,
+    parse_time,
+    remove_evaluator,
+    set_enabled,
+    tick_now,
+)
+from scheduler.reports.evaluator import Baseline, online_report
+from scheduler.reports.html import render_online_html, write_html
 
 online_app = typer.Typer(
     help="Online evals: evaluators that score sampled production runs on a schedule "
@@ -18,9 +31,6 @@ online_app = typer.Typer(
 
 
 def _print_evaluators(rows: list[dict[str, Any]]) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
     table = Table(title="Online evaluators")
     for column in ("name", "scorers", "sample", "every", "batch", "filters", "enabled",
                    "last tick"):
@@ -59,8 +69,6 @@ def add(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Add an online evaluator; it starts on the next beat tick, no restart needed."""
-    from scheduler.evaluators import add_evaluator
-
     row = add_evaluator(
         name, scorers=[parse_scorer(s) for s in scorer], sample_rate=sample_rate, every=every,
         batch_size=batch_size, filters=filter_, backfill_since=backfill_since,
@@ -78,8 +86,6 @@ def add(
 def list_(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False
           ) -> None:
     """Every online evaluator."""
-    from scheduler.evaluators import list_evaluators
-
     rows = list_evaluators()
     emit_json(rows) if as_json else _print_evaluators(rows)
 
@@ -88,8 +94,6 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON lis
 @handle_errors
 def pause(name: Annotated[str, typer.Argument(help="Evaluator name.")]) -> None:
     """Stop claiming new runs (scores already claimed still complete)."""
-    from scheduler.evaluators import set_enabled
-
     set_enabled(name, False)
     render.out.print(f"online evaluator {name!r} paused")
 
@@ -98,8 +102,6 @@ def pause(name: Annotated[str, typer.Argument(help="Evaluator name.")]) -> None:
 @handle_errors
 def resume(name: Annotated[str, typer.Argument(help="Evaluator name.")]) -> None:
     """Claim again, from where it stopped."""
-    from scheduler.evaluators import set_enabled
-
     set_enabled(name, True)
     render.out.print(f"online evaluator {name!r} resumed")
 
@@ -108,8 +110,6 @@ def resume(name: Annotated[str, typer.Argument(help="Evaluator name.")]) -> None
 @handle_errors
 def remove(name: Annotated[str, typer.Argument(help="Evaluator name.")]) -> None:
     """Delete an evaluator with its claims, alerts and scores."""
-    from scheduler.evaluators import remove_evaluator
-
     remove_evaluator(name)
     render.out.print(f"online evaluator {name!r} removed")
 
@@ -122,8 +122,6 @@ def tick(
 ) -> None:
     """Run one tick now, whether due or not (embedded mode scores here; distributed mode
     enqueues for the workers). Beat does this on schedule."""
-    from scheduler.evaluators import tick_now
-
     result = tick_now(name)
     emit_json(result) if as_json else render.out.print(
         ", ".join(f"{k}: {v}" for k, v in result.items()))
@@ -148,9 +146,6 @@ def report(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Per window: runs scored, mean per scorer with its 95% CI, pass rate, drift flag."""
-    from scheduler.evaluators import parse_duration, parse_time
-    from scheduler.reports.evaluator import Baseline, online_report
-
     baseline = None
     if baseline_experiment is not None:
         baseline = Baseline(experiment_id=baseline_experiment)
@@ -163,8 +158,6 @@ def report(
         until=parse_time(until) if until else None, baseline=baseline,
     )
     if html is not None:
-        from scheduler.reports.html import render_online_html, write_html
-
         write_html(html, render_online_html(data))
     if as_json:
         emit_json(data)

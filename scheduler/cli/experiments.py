@@ -7,10 +7,25 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
+import sqlalchemy as sa
 import typer
+from sqlmodel import col
 
+from models.db import session_scope
+from models.tables import ExperimentStatus, Result, ResultStatus
+from scheduler.api import wait_for_experiment
 from scheduler.cli import render
 from scheduler.cli.common import emit_json, handle_errors, parse_scorer, warn_no_worker
+from scheduler.errors import InputError
+from scheduler.experiments.reruns import rerun_failed, wait_for_rescore
+from scheduler.experiments.reruns import rescore as add_scorers
+from scheduler.experiments.reruns import resume as resume_run
+from scheduler.reports.compare import compare_experiments
+from scheduler.reports.experiment import build_report, experiment_report, load_items
+from scheduler.reports.gate import evaluate_gate, parse_thresholds
+from scheduler.reports.html import render_compare_html, render_experiment_html, write_html
+from scheduler.reports.junit import write_junit
+from workers.llm.calls import missing_credentials
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 ExperimentId = Annotated[int, typer.Argument(help="Experiment id.")]
@@ -31,13 +46,9 @@ def report(
 ) -> None:
     """Scores (mean, standard error, 95% t interval, pass rate), counts, latency
     p50/p95/p99, tokens, cost, wall time, items/s, and an optional breakdown."""
-    from scheduler.reports.experiment import build_report, load_items
-
     exp, dataset, rows = load_items(experiment_id)
     data = build_report(exp, dataset, rows, by=by)
     if html is not None:
-        from scheduler.reports.html import render_experiment_html, write_html
-
         write_html(html, render_experiment_html(data, rows))
     if as_json:
         emit_json(data)
@@ -62,15 +73,11 @@ def compare(
 ) -> None:
     """What changed between two experiments: per scorer the difference of means with a
     paired bootstrap 95% CI and a verdict, items that flipped, cost and latency deltas."""
-    from scheduler.reports.compare import compare_experiments
-
     pairwise = None
     if pairwise_model or pairwise_api_base:
         pairwise = {"model": pairwise_model, "api_base": pairwise_api_base}
     data = compare_experiments(baseline, candidate, n_boot=bootstrap, pairwise=pairwise)
     if html is not None:
-        from scheduler.reports.html import render_compare_html, write_html
-
         write_html(html, render_compare_html(data))
     if as_json:
         emit_json(data)
@@ -87,9 +94,6 @@ def rerun(
     as_json: AsJson = False,
 ) -> None:
     """Re-run failed items in the same experiment."""
-    from scheduler.errors import InputError
-    from scheduler.experiments.reruns import rerun_failed
-
     if not failed:
         raise InputError("say what to re-run: `evalq rerun ID --failed`")
     count = rerun_failed(experiment_id)
@@ -102,16 +106,12 @@ def resume(
     as_json: AsJson = False,
 ) -> None:
     """Enqueue every item of the experiment that never finished (after a crash)."""
-    from scheduler.experiments.reruns import resume as resume_run
-
     count = resume_run(experiment_id)
     _after_enqueue(experiment_id, count, "unfinished items enqueued", wait, as_json)
 
 
 def _after_enqueue(experiment_id: int, count: int, what: str, wait: bool, as_json: bool
                    ) -> None:
-    from scheduler.experiments.enqueue import wait_for_experiment
-
     if not as_json:
         render.err.print(f"experiment {experiment_id}: {count} {what}")
     if not wait or count == 0:
@@ -131,10 +131,6 @@ def rescore(
 ) -> None:
     """Add scorers to a completed experiment, scoring its stored outputs (the target is
     not called again)."""
-    from scheduler.experiments.reruns import rescore as add_scorers
-    from scheduler.experiments.reruns import wait_for_rescore
-    from scheduler.reports.experiment import experiment_report
-
     labels = add_scorers(experiment_id, [parse_scorer(s) for s in scorer])
     if not as_json:
         render.err.print(f"experiment {experiment_id}: scoring with {', '.join(labels)}")
@@ -148,14 +144,8 @@ def run_gate(report_data: dict[str, Any], *, fail_under: list[str], baseline: in
              fail_on_regression: bool, junit: Path | None) -> Any:
     """The CI gate of `evalq run`: thresholds and regression against a baseline. Writes the
     JUnit file if asked. Returns the GateResult, or None when no gate was asked for."""
-    from scheduler.errors import InputError
-    from scheduler.reports.gate import evaluate_gate, parse_thresholds
-
     experiment_id = report_data["experiment_id"]
     if junit is not None:
-        from scheduler.reports.experiment import load_items
-        from scheduler.reports.junit import write_junit
-
         write_junit(report_data, load_items(experiment_id)[2], junit)
     if fail_on_regression and baseline is None:
         raise InputError("--fail-on-regression needs --baseline EXPERIMENT_ID")
@@ -163,8 +153,6 @@ def run_gate(report_data: dict[str, Any], *, fail_under: list[str], baseline: in
         return None
     comparison = None
     if baseline is not None:
-        from scheduler.reports.compare import compare_experiments
-
         comparison = compare_experiments(baseline, experiment_id)
     return evaluate_gate(report_data, fail_under=parse_thresholds(fail_under),
                          comparison=comparison, fail_on_regression=fail_on_regression)
@@ -176,8 +164,6 @@ _KEY_VARIABLE = re.compile(r"\b[A-Z][A-Z0-9_]*_API_KEY\b")
 def next_step(error: str, experiment_id: int) -> str:
     """What to do about a model error (an "ErrorType: message" text or an experiment's
     failure reason), in one sentence."""
-    from workers.llm.calls import missing_credentials
-
     where = ("in the environment of the process that calls the model (this shell in "
              "embedded mode, every worker in distributed mode)")
     if missing_credentials(error):
@@ -204,12 +190,6 @@ def next_step(error: str, experiment_id: int) -> str:
 
 def _first_error(experiment_id: int) -> str | None:
     """"ErrorType: message" of the experiment's first failed item, if any."""
-    import sqlalchemy as sa
-    from sqlmodel import col
-
-    from models.db import session_scope
-    from models.tables import Result, ResultStatus
-
     with session_scope() as session:
         row = session.execute(
             sa.select(col(Result.error_type), col(Result.error))
@@ -227,8 +207,6 @@ def run_exit_code(report_data: dict[str, Any], gate: Any, *, max_failures: int =
     """The exit code of `evalq run` once the experiment is over: 1 when it failed (said on
     stderr with its reason and what to do), when more than `max_failures` items failed,
     or when the gate failed; else 0."""
-    from models.tables import ExperimentStatus
-
     experiment_id = report_data["experiment_id"]
     counts = report_data["counts"]
     if report_data["status"] == ExperimentStatus.FAILED:

@@ -1,7 +1,10 @@
-"""The `evalq` command line: run datasets, watch progress, read reports."""
+"""The `evalq` app: `run`, `status`, `list`, `scorers`, `demo` and `db`, and the console entry
+point; the other commands are added from their modules (experiments, ingest, workers,
+evaluators)."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -10,7 +13,14 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
+from sqlmodel import col, select
 
+from models.crud import headline_scores, list_experiments
+from models.db import get_engine, safe_url, session_scope
+from models.migrate import current_revision, head_revision, upgrade
+from models.settings import get_settings
+from models.tables import Dataset
+from scheduler.api import wait_for_experiment
 from scheduler.cli import render
 from scheduler.cli.common import (
     emit_json,
@@ -22,8 +32,15 @@ from scheduler.cli.common import (
 from scheduler.cli.evaluators import online_app
 from scheduler.cli.experiments import MaxFailures, run_exit_code, run_gate
 from scheduler.cli.experiments import register as register_experiment_commands
+from scheduler.cli.ingest import register as register_ingest_commands
 from scheduler.cli.workers import print_liveness
 from scheduler.cli.workers import register as register_worker_commands
+from scheduler.errors import InputError
+from scheduler.experiments.enqueue import enqueue_offline_run
+from scheduler.experiments.wait import DONE_STATUSES, progress
+from scheduler.liveness import experiment_liveness
+from workers.runtime.logsafe import install_log_filters
+from workers.scorers import known_scorers
 
 app = typer.Typer(
     name="evalq",
@@ -42,8 +59,6 @@ app.add_typer(online_app, name="online")
 
 def _wait_and_report(experiment_id: int, total: int, *, as_json: bool,
                      timeout: float | None) -> dict[str, Any]:
-    from scheduler.experiments.enqueue import wait_for_experiment
-
     show_bar = not as_json and render.err.is_terminal or os.environ.get("EVALQ_PROGRESS") == "1"
     with render.progress_bar(total, enabled=show_bar) as update:
         return wait_for_experiment(experiment_id, timeout=timeout, on_progress=update,
@@ -113,10 +128,6 @@ def run(
     Exit codes: 0 done, no item failed (or at most --max-failures) and the gate holds;
     1 the experiment failed (reason on stderr), items failed, or the gate failed;
     2 bad input."""
-    from models.settings import get_settings
-    from scheduler.errors import InputError
-    from scheduler.experiments.enqueue import enqueue_offline_run, progress
-
     if prompt and prompt_file:
         raise InputError("give --prompt or --prompt-file, not both")
     template = prompt_file.read_text(encoding="utf-8") if prompt_file else prompt
@@ -167,9 +178,6 @@ def status(
     """Progress of an experiment: status and done / failed / pending counts; in
     distributed mode also the messages waiting in each queue, the experiment's queued and
     running tasks, and the live workers (those holding its work by name)."""
-    from scheduler.experiments.enqueue import DONE_STATUSES, progress
-    from scheduler.liveness import experiment_liveness
-
     state = progress(experiment_id)
     extra = experiment_liveness(experiment_id, pending=0 if state["status"] in DONE_STATUSES
                                 else state["pending"])
@@ -193,12 +201,6 @@ def list_(
 ) -> None:
     """The newest experiments: name, dataset version, model, status, headline scores,
     cost, created."""
-    from sqlmodel import col, select
-
-    from models.crud import headline_scores, list_experiments
-    from models.db import session_scope
-    from models.tables import Dataset
-
     with session_scope() as session:
         experiments = list_experiments(session=session, limit=limit)
         scores = headline_scores(session=session,
@@ -222,10 +224,6 @@ def scorers(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
 ) -> None:
     """Every registered scorer with its version and parameters."""
-    import inspect
-
-    from workers.scorers import known_scorers
-
     listing: dict[str, dict[str, Any]] = {
         name: {"version": info.version, "description": info.description,
                "params": {k: {"required": v is inspect.Parameter.empty,
@@ -251,9 +249,6 @@ def demo(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Run the shipped demo dataset on the built-in toy model: no key, no broker, no network."""
-    from models.settings import get_settings
-    from scheduler.experiments.enqueue import enqueue_offline_run, progress
-
     settings = get_settings()
     if not settings.embedded:
         os.environ.pop("EVALQ_BROKER_URL", None)
@@ -274,53 +269,13 @@ def demo(
     )
 
 
-@app.command()
-@handle_errors
-def ingest(
-    file: Annotated[Path, typer.Argument(help="JSONL file of production runs, one a line.",
-                                         exists=True, dir_okay=False)],
-    source: Annotated[str, typer.Option(help="Source name of these runs (a run's own "
-                                        "\"source\" wins).")] = "default",
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-) -> None:
-    """Store production runs for online evals (idempotent on source + run id). Bad lines
-    are reported as FILE:LINE and skipped; good lines are kept. Exit 2 if any line was bad."""
-    from scheduler.ingest.records import ingest_file
-
-    summary = ingest_file(file, source=source)
-    if as_json:
-        emit_json(summary.as_dict())
-    else:
-        for line in summary.errors[:50]:
-            render.err.print(f"[red]error:[/red] {escape(str(line))}", highlight=False,
-                             soft_wrap=True)
-        render.out.print(f"{summary.inserted} runs stored, {summary.duplicates} already "
-                         f"stored, {summary.rejected} rejected")
-    if summary.rejected:
-        raise typer.Exit(2)
-
-
-@app.command()
-@handle_errors
-def serve(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-) -> None:
-    """HTTP ingestion endpoint: POST /runs (one run, a list, or {"runs": [...]}) with
-    `Authorization: Bearer $EVALQ_INGEST_TOKEN`; GET /health."""
-    from scheduler.ingest.server import serve as run_server
-
-    run_server(host=host, port=port)
+register_ingest_commands(app)
 
 
 @db_app.command("upgrade")
 @handle_errors
 def db_upgrade() -> None:
     """Apply every pending migration to EVALQ_DATABASE_URL (safe to run again)."""
-    from models.db import safe_url
-    from models.migrate import upgrade
-    from models.settings import get_settings
-
     before, after = upgrade()
     url = safe_url(get_settings().database_url)
     if before == after:
@@ -333,9 +288,6 @@ def db_upgrade() -> None:
 @handle_errors
 def db_current() -> None:
     """Show the revision the database is at and the one this evalq needs."""
-    from models.db import get_engine
-    from models.migrate import current_revision, head_revision
-
     render.out.print(f"database: {current_revision(get_engine()) or 'empty'}, "
                      f"code: {head_revision()}")
 
@@ -350,12 +302,8 @@ def main() -> None:
     # modules of the current directory.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    from models.settings import get_settings
-
     logging.basicConfig(level=get_settings().log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from workers.runtime.logsafe import install_log_filters
-
     install_log_filters()  # URLs logged without query strings or passwords, at every level
     app()
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 import typer
 
 from scheduler.cli import render
 from scheduler.cli.common import emit_json, handle_errors
+from scheduler.liveness import worker_command, workers_overview
 
 
 def ago(seconds: float) -> str:
@@ -46,10 +48,6 @@ def workers(
     """Live workers (a heartbeat in the last EVALQ_WORKER_DEAD_AFTER_S seconds): host,
     pid, queues, concurrency, last heartbeat, tasks held and their experiments; and the
     workers that stopped or died in the last hour."""
-    from datetime import datetime
-
-    from scheduler.liveness import worker_command, workers_overview
-
     data = workers_overview().as_dict()
     if as_json:
         emit_json(data)

@@ -18,54 +18,55 @@ from models.crud import (
     reset_failed_results,
 )
 from models.db import session_scope
+from models.migrate import prepare_database
 from models.settings import get_settings
 from models.tables import ExperimentStatus, Result, ResultStatus, Score
+from scheduler.checks import resolve_scorer_specs
 from scheduler.errors import InputError, WaitTimeout
-from scheduler.experiments.enqueue import _prepare_database, _resolve, dispatch
+from scheduler.experiments.dispatch import rescore_results, run_pairs
+from workers.offline.rescore import refresh_totals
 
 
 def rerun_failed(experiment_id: int) -> int:
     """Run again, in the same experiment, the (item, repeat)s whose target failed (not
     those that scored low). Returns how many were re-enqueued."""
-    _prepare_database()
+    prepare_database()
     with session_scope() as session:
         exp = get_experiment(session=session, experiment_id=experiment_id)
-        config = exp.config_version
+        config_version = exp.config_version
         pairs = reset_failed_results(session=session, experiment_id=experiment_id)
     if pairs:
-        dispatch(experiment_id, "evalq.run_item", [(experiment_id, i, r) for i, r in pairs],
-                 kwargs={"config": config})
+        run_pairs(experiment_id, pairs, config_version=config_version)
     return len(pairs)
 
 
 def resume(experiment_id: int) -> int:
     """Enqueue every (item, repeat) that has no Result (after a crash of everything).
     Items still queued run once: a task whose Result exists is skipped."""
-    _prepare_database()
+    prepare_database()
     with session_scope() as session:
         exp = get_experiment(session=session, experiment_id=experiment_id)
-        config = exp.config_version
+        config_version = exp.config_version
         pairs = missing_results(session=session, experiment_id=experiment_id)
         if pairs:
             mark_experiment(session=session, experiment_id=experiment_id,
                             status=ExperimentStatus.RUNNING)
     if pairs:
-        dispatch(experiment_id, "evalq.run_item", [(experiment_id, i, r) for i, r in pairs],
-                 kwargs={"config": config})
+        run_pairs(experiment_id, pairs, config_version=config_version)
     return len(pairs)
 
 
 def rescore(experiment_id: int, scorers: Sequence[str | dict[str, Any]]) -> list[str]:
     """Add scorers to a completed experiment and score its stored outputs with them
     (no target call). Returns the new labels; `wait_for_rescore` waits for them."""
-    _prepare_database()
+    prepare_database()
     with session_scope() as session:
         exp = get_experiment(session=session, experiment_id=experiment_id)
         if exp.status != ExperimentStatus.COMPLETED:
             raise InputError(f"experiment {experiment_id} is {exp.status}; rescore a completed "
                              f"experiment (`evalq resume {experiment_id}` finishes it first)")
         taken = {s["label"] for s in exp.scorers or []}
-    resolved = _resolve(scorers)
+    resolved = resolve_scorer_specs(scorers)
     specs = []
     for scorer in resolved:
         spec = scorer.spec()
@@ -80,8 +81,7 @@ def rescore(experiment_id: int, scorers: Sequence[str | dict[str, Any]]) -> list
         result_ids = session.execute(
             sa.select(col(Result.id)).where(col(Result.experiment_id) == experiment_id,
                                             col(Result.status) == ResultStatus.OK)).scalars().all()
-    dispatch(experiment_id, "evalq.rescore_result",
-             [(experiment_id, rid) for rid in result_ids])
+    rescore_results(experiment_id, result_ids)
     return [s["label"] for s in specs]
 
 
@@ -102,8 +102,6 @@ def rescore_progress(experiment_id: int, labels: Sequence[str]) -> tuple[int, in
 def wait_for_rescore(experiment_id: int, labels: Sequence[str], timeout: float | None = None,
                      on_progress: Callable[[int, int], None] | None = None) -> None:
     """Block until every stored output has a Score for each new label."""
-    from workers.offline.rescore import refresh_totals
-
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         done, expected = rescore_progress(experiment_id, labels)

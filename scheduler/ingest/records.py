@@ -26,7 +26,10 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from models.crud import insert_runs
+from models.db import session_scope
 from models.errors import DatabaseUnavailable
+from models.migrate import prepare_database
 from scheduler.errors import DatasetFormatError, InputError, InvalidRun, StoreFailed
 from scheduler.experiments.dataset_file import (
     MAX_JSON_DEPTH,
@@ -215,15 +218,11 @@ def record_run(run: dict[str, Any] | RunIn, *, source: str = DEFAULT_SOURCE) -> 
 def store_rows(rows: Sequence[dict[str, Any]]) -> IngestSummary:
     """Store rows made by `to_row(parse_run(...))`, in chunks of _CHUNK (one transaction
     each). A database error is a StoreFailed saying how many runs were stored before it."""
-    from models.crud import insert_runs
-    from models.db import session_scope
-    from scheduler.experiments.enqueue import _prepare_database
-
     summary = IngestSummary()
     if not rows:
         return summary
     try:
-        _prepare_database()
+        prepare_database()
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start:start + _CHUNK]
             with session_scope() as session:

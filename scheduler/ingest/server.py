@@ -24,12 +24,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from uvicorn.config import LOGGING_CONFIG
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from models.errors import StorageError
@@ -241,8 +243,6 @@ class DropQueryString(logging.Filter):
 
 def _log_config() -> dict[str, Any]:
     """uvicorn's logging configuration, with DropQueryString on its access log."""
-    from uvicorn.config import LOGGING_CONFIG
-
     config = copy.deepcopy(LOGGING_CONFIG)
     config.setdefault("filters", {})["drop_query_string"] = {
         "()": f"{__name__}.DropQueryString"}
@@ -305,8 +305,6 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
         raise InputError("no ingest token configured: set EVALQ_INGEST_TOKEN to a long random "
                          "secret (e.g. `openssl rand -hex 32`) and start again; producers "
                          "send it as `Authorization: Bearer <token>`")
-    import uvicorn
-
     # uvicorn's access log shows client, method, path and status: never request headers,
     # and (DropQueryString) never a query string.
     uvicorn.run(create_app(), host=host, port=port, log_level="info", access_log=True,

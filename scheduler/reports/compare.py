@@ -9,19 +9,19 @@ compares the two outputs of every item (`llm_pairwise`).
 
 from __future__ import annotations
 
-import asyncio
 import random
 import statistics
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from models.tables import Dataset, Experiment, ResultStatus
 from scheduler.errors import InputError
 from scheduler.reports.experiment import ItemRow, load_items, percentile
 from scheduler.reports.stats import mean_ci
-
-if TYPE_CHECKING:  # the workers (and litellm) are imported only when a judge is asked for
-    from workers.scorers import ResolvedScorer, Sample
+from workers.errors import WorkerError
+from workers.runtime import aio
+from workers.scorers import ResolvedScorer, Sample, resolve_scorers
+from workers.scoring import score_samples
 
 KEY_CAP = 50  # keys listed in only_in_baseline / only_in_candidate
 FLIP_CAP = 100  # entries listed in pass_to_fail / fail_to_pass
@@ -157,9 +157,6 @@ def _delta(base: dict[str, Any], cand: dict[str, Any], fields: tuple[str, ...]
 
 
 def _pairwise_scorer(pairwise: dict[str, Any]) -> ResolvedScorer:
-    from workers.errors import WorkerError
-    from workers.scorers import resolve_scorers
-
     reserved = sorted({"type", "baseline", "label"} & set(pairwise))
     if reserved:
         raise InputError(f"pairwise options must not set {', '.join(reserved)}: the baseline "
@@ -170,38 +167,23 @@ def _pairwise_scorer(pairwise: dict[str, Any]) -> ResolvedScorer:
         raise InputError(f"pairwise judge: {exc}") from exc
 
 
-async def _judge_all(scorer: ResolvedScorer, samples: list[Sample]) -> list[dict[str, Any]]:
-    """Score rows for every sample, at most PAIRWISE_CONCURRENCY judge calls at a time."""
-    from workers.offline.execution import run_scorer
-
-    limit = asyncio.Semaphore(PAIRWISE_CONCURRENCY)
-
-    async def one(sample: Sample) -> dict[str, Any]:
-        async with limit:
-            return await run_scorer(scorer, sample)
-
-    return list(await asyncio.gather(*(one(s) for s in samples)))
-
-
 def pairwise_compare(keys: list[str], base: dict[str, list[ItemRow]],
                      cand: dict[str, list[ItemRow]], pairwise: dict[str, Any]
                      ) -> dict[str, Any]:
     """A judge compares each item's candidate output with its baseline output (positions
     swapped, so two judge calls per item); the win rate is the candidate's mean value."""
-    from workers.runtime import aio
-    from workers.scorers import Sample
-
     scorer = _pairwise_scorer(pairwise)
     samples: list[Sample] = []
     for key in keys:
         b, c = _first_output(base[key]), _first_output(cand[key])
         if b.output is not None and c.output is not None:
             samples.append(Sample(input=c.input, expected=c.expected, output=c.output,
-                                  metadata={**c.metadata, "baseline_output": b.output}))
-    rows = aio.run(_judge_all(scorer, samples)) if samples else []
-    values = [float(r["value"]) for r in rows if r["value"] is not None]
+                                  metadata={**c.meta, "baseline_output": b.output}))
+    rows = (aio.run(score_samples(scorer, samples, concurrency=PAIRWISE_CONCURRENCY))
+            if samples else [])
+    values = [float(r.value) for r in rows if r.value is not None]
     mean, low, high = mean_ci(values)
-    errors = [r["error"] for r in rows if r["value"] is None]
+    errors = [r.error for r in rows if r.value is None]
     return {"judge": scorer.params.get("model"), "scorer_version": scorer.version,
             "win_rate": _r(mean), "ci_low": _r(low), "ci_high": _r(high), "ci_method": "t",
             "wins": sum(1 for v in values if v > 0.5),
@@ -210,7 +192,7 @@ def pairwise_compare(keys: list[str], base: dict[str, list[ItemRow]],
             "n_judged": len(values), "n_could_not_judge": len(errors),
             "n_without_output": len(keys) - len(samples),
             "errors": errors[:10],
-            "judge_cost_usd": round(sum(r["judge_cost_usd"] or 0.0 for r in rows), 8)}
+            "judge_cost_usd": round(sum(r.judge_cost_usd or 0.0 for r in rows), 8)}
 
 
 def _describe(exp: Experiment, dataset: Dataset | None) -> dict[str, Any]:

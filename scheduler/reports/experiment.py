@@ -11,14 +11,21 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlmodel import col, select
 
 from models.crud import get_experiment
 from models.db import session_scope
-from models.tables import Dataset, DatasetItem, Experiment, Result, ResultStatus, Score
+from models.tables import (
+    Dataset,
+    DatasetItem,
+    Experiment,
+    Result,
+    ResultStatus,
+    Score,
+    TargetOutput,
+)
 from scheduler.reports.stats import mean_ci
 
 
@@ -32,30 +39,22 @@ def percentile(values: list[float], pct: float) -> float | None:
     return statistics.quantiles(ordered, n=100, method="inclusive")[int(pct) - 1]
 
 
-@dataclass
-class ItemRow:
-    """One (test case, repeat) of an experiment with its result and scores."""
+class ItemRow(TargetOutput):
+    """One (test case, repeat) of an experiment with its result (the TargetOutput fields;
+    `status` None: no result yet) and its scores by label."""
 
     item_id: int
     key: str
     position: int
     repeat: int
-    input: Any
-    expected: Any
-    metadata: dict[str, Any]
-    status: str | None = None  # None: no result yet
-    output: str | None = None
-    error: str | None = None
-    error_type: str | None = None
-    latency_ms: float | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    cost_known: bool = True
-    attempts: int = 0
-    cached: bool = False
-    tool_calls: Any = None
-    scores: dict[str, dict[str, Any]] = field(default_factory=dict)
+    input: Any = None
+    expected: Any = None
+    meta: dict[str, Any] = {}  # the test case's metadata
+    status: str | None = None
+    scores: dict[str, dict[str, Any]] = {}
+
+
+_OUTPUT_FIELDS = tuple(TargetOutput.model_fields)
 
 
 def load_items(experiment_id: int) -> tuple[Experiment, Dataset | None, list[ItemRow]]:
@@ -76,23 +75,22 @@ def load_items(experiment_id: int) -> tuple[Experiment, Dataset | None, list[Ite
     for rep in range(exp.repeats):
         for item in items:
             assert item.id is not None
-            row = ItemRow(item.id, item.key, item.position, rep, item.input, item.expected,
-                          dict(item.meta or {}))
             result = results_by_key.get((item.id, rep))
+            found: dict[str, Any] = {}
             if result is not None:
-                _fill(row, result, by_result.get(result.id or -1, []))
-            rows.append(row)
+                found = {f: getattr(result, f) for f in _OUTPUT_FIELDS}
+                found["status"] = result.status
+                found["scores"] = _scores(by_result.get(result.id or -1, []))
+            rows.append(ItemRow.model_construct(
+                item_id=item.id, key=item.key, position=item.position, repeat=rep,
+                input=item.input, expected=item.expected, meta=dict(item.meta or {}),
+                **found))
     rows.sort(key=lambda r: (r.position, r.repeat))
     return exp, dataset, rows
 
 
-def _fill(row: ItemRow, result: Result, scores: list[Score]) -> None:
-    row.status, row.output, row.error = result.status, result.output, result.error
-    row.error_type, row.latency_ms = result.error_type, result.latency_ms
-    row.prompt_tokens, row.completion_tokens = result.prompt_tokens, result.completion_tokens
-    row.cost_usd, row.cost_known, row.attempts = result.cost_usd, result.cost_known, result.attempts
-    row.cached, row.tool_calls = bool(getattr(result, "cached", False)), result.tool_calls
-    row.scores = {
+def _scores(scores: list[Score]) -> dict[str, dict[str, Any]]:
+    return {
         s.scorer: {"value": s.value, "passed": s.passed, "explanation": s.explanation,
                    "error": s.error, "judge_cost_usd": s.judge_cost_usd}
         for s in scores
@@ -140,7 +138,7 @@ def breakdown(rows: list[ItemRow], field_name: str) -> dict[str, Any]:
     """Per value of metadata[field_name]: items and each scorer's mean with its CI."""
     groups: dict[str, list[ItemRow]] = defaultdict(list)
     for r in rows:
-        groups[str(r.metadata.get(field_name, "(none)"))].append(r)
+        groups[str(r.meta.get(field_name, "(none)"))].append(r)
     labels = _labels(rows)
     return {
         "field": field_name,

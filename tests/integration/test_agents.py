@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
+from bench.fakellm import FakeLLM
 from models.db import session_scope
 from models.tables import Result, Score
 from scheduler import enqueue_offline_run, wait_for_experiment
 from tests.factories import counts, write_jsonl
-from tests.fakellm import FakeLLM
 from tests.support import EnvPatch, WorkerProcess
 
 REPO = Path(__file__).resolve().parents[2]

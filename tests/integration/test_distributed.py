@@ -14,12 +14,12 @@ import pytest
 from sqlmodel import func, select
 from typer.testing import CliRunner
 
+from bench.fakellm import FakeLLM
 from models.db import session_scope
 from models.tables import Experiment, Result, Score
 from scheduler import enqueue_offline_run, wait_for_experiment
 from scheduler.cli.main import app
 from tests.factories import counts, write_jsonl
-from tests.fakellm import FakeLLM
 from tests.support import WorkerProcess
 
 runner = CliRunner()
@@ -103,7 +103,6 @@ def test_no_wait_returns_while_workers_run(distributed: WorkerProcess, fake_llm:
 def test_duplicate_deliveries_leave_one_result_and_exact_counts(distributed: WorkerProcess,
                                                                 fake_llm: FakeLLM,
                                                                 tmp_path: Path):
-    from workers.celery_app import app as celery_app
     from workers.celery_app import producer
 
     fake_llm.configure(latency_ms=50)
@@ -111,13 +110,13 @@ def test_duplicate_deliveries_leave_one_result_and_exact_counts(distributed: Wor
     exp_id = enqueue_offline_run(dataset=dataset, model="openai/fake", api_base=fake_llm.base_url,
                                  scorers=["exact_match", "contains"], repeats=2)
     # Deliver every task a second time, forced, while the first copies are still running.
-    from scheduler.experiments.enqueue import dataset_items
+    from scheduler.experiments.datasets import dataset_items
+    from workers.tasks import run_items
 
     with producer() as p:
         for item_id in sorted(dataset_items(exp_id)):
             for rep in range(2):
-                celery_app.send_task("evalq.run_item", args=(exp_id, item_id, rep, True),
-                                     producer=p)
+                run_items.apply_async(args=(exp_id, [[item_id, rep]], True), producer=p)
     summary = wait_for_experiment(exp_id, timeout=60)
     assert summary["counts"] == counts(24, done=24, failed=0)
     # Wait until the forced duplicates have run too, then check nothing doubled.
@@ -135,9 +134,9 @@ def test_duplicate_deliveries_leave_one_result_and_exact_counts(distributed: Wor
 def test_a_redelivered_task_is_skipped_without_calling_the_model(distributed: WorkerProcess,
                                                                  fake_llm: FakeLLM,
                                                                  tmp_path: Path):
-    from scheduler.experiments.enqueue import dataset_items
-    from workers.celery_app import app as celery_app
+    from scheduler.experiments.datasets import dataset_items
     from workers.celery_app import producer
+    from workers.tasks import run_items
 
     exp_id = enqueue_offline_run(dataset=_dataset(tmp_path, 3), model="openai/fake",
                                  api_base=fake_llm.base_url)
@@ -146,11 +145,10 @@ def test_a_redelivered_task_is_skipped_without_calling_the_model(distributed: Wo
     marker = f"skip-{uuid.uuid4().hex[:6]}"
     item_id = next(iter(dataset_items(exp_id)))
     with producer() as p:
-        celery_app.send_task("evalq.run_item", args=(exp_id, item_id, 0), task_id=marker,
-                             producer=p)
-    distributed.wait_for(f"Task evalq.run_item[{marker}] succeeded", 30)
+        run_items.apply_async(args=(exp_id, [[item_id, 0]]), task_id=marker, producer=p)
+    distributed.wait_for(f"Task evalq.run_items[{marker}] succeeded", 30)
     returned = dict(SUCCEEDED.findall(distributed.output()))[marker]
-    assert ast.literal_eval(returned) == "skipped"  # the worker saw the stored Result
+    assert ast.literal_eval(returned) == {"skipped": 1}  # the worker saw the stored Result
     assert fake_llm.stats()["total"] == calls
     assert _keys_and_scores(exp_id) == (3, 3, 3)
 

@@ -10,12 +10,12 @@ import pytest
 from sqlmodel import func, select
 from typer.testing import CliRunner
 
+from bench.fakellm import FakeLLM
 from models.db import session_scope
 from models.tables import Dataset, Experiment, Result, Score
 from scheduler import enqueue_offline_run, wait_for_experiment
 from scheduler.cli.main import app
 from tests.factories import counts, write_jsonl
-from tests.fakellm import FakeLLM
 from tests.support import EnvPatch
 
 runner = CliRunner()

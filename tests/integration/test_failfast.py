@@ -15,11 +15,11 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
+from bench.fakellm import FakeLLM
 from models.db import session_scope
 from scheduler.cli.main import app
 from scheduler.experiments.embedded import running_here
 from tests.factories import write_jsonl
-from tests.fakellm import FakeLLM
 from tests.support import EnvPatch, WorkerProcess
 
 runner = CliRunner()

@@ -19,9 +19,9 @@ import pytest
 import redis
 from kombu.compression import decompress
 
+from bench.fakellm import FakeLLM
 from scheduler import enqueue_offline_run, wait_for_experiment
 from tests.factories import write_jsonl
-from tests.fakellm import FakeLLM
 from tests.support import REPO, WorkerProcess, free_port, http_get
 
 USER, PASSWORD = "evalq", "flower-test-pw"

@@ -17,6 +17,7 @@ import pytest
 from sqlmodel import func, select
 from typer.testing import CliRunner
 
+from bench.fakellm import FakeLLM
 from models.crud import create_experiment, dataset_item_ids, get_or_create_dataset
 from models.db import session_scope
 from models.tables import Dataset, DatasetItem, Experiment, Result, Score
@@ -24,7 +25,6 @@ from scheduler import enqueue_offline_run, wait_for_experiment
 from scheduler.cli.main import app
 from scheduler.experiments.reruns import resume
 from tests.factories import write_jsonl
-from tests.fakellm import FakeLLM
 from tests.support import EnvPatch
 from workers.scorers import Sample, ScoreValue, known_scorers, register_scorer, registry
 

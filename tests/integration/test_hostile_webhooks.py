@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 from models.crud import upsert_scores
 from models.db import session_scope
 from models.settings import get_settings
-from models.tables import OnlineAlert, OnlineEvaluator, ProductionRun, utcnow
+from models.tables import OnlineAlert, OnlineEvaluator, ProductionRun, ScoreCreate, utcnow
 from scheduler.cli.main import app
 from scheduler.evaluators import add_evaluator
 from tests.support import EnvPatch
@@ -178,12 +178,12 @@ def _evaluator_below_threshold(name: str, webhook: str | None) -> int:
         run = ProductionRun(source="test", external_id=uuid.uuid4().hex, created_at=now)
         session.add(run)
         session.flush()
-        upsert_scores(session=session, scores_in=[{
+        upsert_scores(session=session, scores_in=[ScoreCreate(**{
             "subject_type": "run", "subject_id": run.id, "evaluator_id": ev.id,
             "subject_at": now, "scorer": "relevance", "scorer_version": "1", "value": 0.2,
             "passed": False, "explanation": None, "error": None, "meta": None,
             "judge_model": None, "judge_cost_usd": 0.0, "judge_tokens": 0,
-            "judge_latency_ms": None}])
+            "judge_latency_ms": None})])
         assert ev.id is not None
         return ev.id
 

@@ -8,7 +8,6 @@ the page's script ran, `--screenshot` a PNG); the assertions read that DOM.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import shutil
 import subprocess
@@ -139,9 +138,9 @@ def test_untrusted_text_is_escaped_and_long_text_folded(embedded_env, tmp_path: 
     report = experiment_report(exp_id, by="category")
     _, _, rows = load_items(exp_id)
     report["name"] = f"x{XSS}"
-    rows[0] = dataclasses.replace(
-        rows[0], key='"><img src=x onerror=alert(1)>', output=XSS, expected="long " * 100,
-        scores={"exact_match": {**rows[0].scores["exact_match"], "explanation": XSS}})
+    rows[0] = rows[0].model_copy(update={
+        "key": '"><img src=x onerror=alert(1)>', "output": XSS, "expected": "long " * 100,
+        "scores": {"exact_match": {**rows[0].scores["exact_match"], "explanation": XSS}}})
     html = render_experiment_html(report, rows)
     assert XSS not in html and "<img src=x" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html

@@ -22,12 +22,12 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
+from bench.fakellm import FakeLLM
 from models.leases import WorkerBeat
 from scheduler import WaitTimeout, enqueue_offline_run, wait_for_experiment
 from scheduler.cli.main import app
 from scheduler.liveness import no_worker_warning
 from tests.factories import write_jsonl
-from tests.fakellm import FakeLLM
 from tests.support import REPO, EnvPatch, RedisServer, WorkerProcess, redis_flush
 
 runner = CliRunner()

@@ -153,7 +153,8 @@ def test_crashed_claims_are_scored_later(db_url, settled):
     record_runs(_runs(8), source="s")
     add_evaluator("crashy", scorers=[{"type": "contains", "value": "ok"}],
                   backfill_since="1h")
-    from workers.online.tick import score_claim, tick
+    from workers.online.claimed_runs import score_claim
+    from workers.online.tick import tick
 
     lost: list[int] = []
     tick(force=True, enqueue=lost.append)  # claimed, but the worker "dies" before scoring

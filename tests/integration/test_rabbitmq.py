@@ -28,6 +28,7 @@ import redis
 from sqlmodel import func, select
 from typer.testing import CliRunner
 
+from bench.fakellm import FakeLLM
 from models.db import session_scope
 from models.settings import Settings
 from models.tables import Experiment, OnlineEvaluator, ResponseCache, Result, Score
@@ -35,11 +36,15 @@ from scheduler.cli.main import app
 from scheduler.evaluators import add_evaluator
 from scheduler.ingest.records import record_runs
 from tests.factories import counts, write_jsonl
-from tests.fakellm import FakeLLM
 from tests.support import REPO, EnvPatch, RabbitBroker, WorkerProcess, free_port, http_get
 from workers.llm.cache import DatabaseStore, RedisStore, store_for
-from workers.llm.ratelimit import LocalRateLimiter, RedisRateLimiter, limiter_for
-from workers.llm.redis_url import RedisRequired, require_shared_rate_limits
+from workers.llm.ratelimit import (
+    LocalRateLimiter,
+    RedisRateLimiter,
+    limiter_for,
+    require_shared_rate_limits,
+)
+from workers.llm.redis_url import RedisRequired
 from workers.llm.redis_url import redis_url as shared_redis_url
 
 runner = CliRunner()

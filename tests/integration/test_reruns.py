@@ -11,13 +11,13 @@ import pytest
 from sqlmodel import func, select
 from typer.testing import CliRunner
 
+from bench.fakellm import FakeLLM
 from models.db import session_scope
 from models.tables import Result, Score
 from scheduler import enqueue_offline_run, wait_for_experiment
 from scheduler.cli.main import app
-from scheduler.experiments.enqueue import progress
+from scheduler.experiments.wait import progress
 from tests.factories import counts, write_jsonl
-from tests.fakellm import FakeLLM
 from tests.support import EnvPatch, WorkerProcess, redis_flush, truncate_all
 
 runner = CliRunner()

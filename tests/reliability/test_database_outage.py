@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
+from bench.fakellm import FakeLLM
 from scheduler import enqueue_offline_run, wait_for_experiment
-from tests.fakellm import FakeLLM
 from tests.reliability.harness import (
     SCORERS,
     Workers,

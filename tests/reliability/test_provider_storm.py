@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from bench.fakellm import FakeLLM, messages_text
 from models.db import session_scope
 from scheduler import enqueue_offline_run, experiment_report, wait_for_experiment
-from tests.fakellm import FakeLLM, messages_text
 from tests.reliability.harness import (
     SCORERS,
     Workers,

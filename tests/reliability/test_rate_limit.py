@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from bench.fakellm import FakeLLM
 from scheduler import enqueue_offline_run, wait_for_experiment
 from tests.factories import write_jsonl
-from tests.fakellm import FakeLLM
 from tests.support import EnvPatch, WorkerProcess
 
 pytestmark = pytest.mark.slow

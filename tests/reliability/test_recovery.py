@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from bench.fakellm import FakeLLM
 from models.db import session_scope
 from scheduler import enqueue_offline_run, wait_for_experiment
 from scheduler.evaluators import add_evaluator
 from scheduler.ingest.records import record_runs
-from tests.fakellm import FakeLLM
 from tests.reliability.harness import (
     SCORERS,
     Workers,
@@ -87,8 +87,9 @@ def test_online_claims_of_a_dead_worker_are_scored_again(fake: FakeLLM, rel_brok
         evaluator = {"id": _evaluator_id(tag)}
         record_runs(_runs(40, tag), source=tag)
         from workers.online.tick import tick_and_enqueue
+        from workers.tasks import score_runs
 
-        assert tick_and_enqueue(evaluator_ids=[evaluator["id"]], force=True) == 40
+        assert tick_and_enqueue(score_runs, evaluator_ids=[evaluator["id"]], force=True) == 40
         held = wait_until(lambda: held_by(victim_name, "evalq.score_runs"), 60,
                           "the victim judging claimed runs")
         victim.stop(signal.SIGKILL)

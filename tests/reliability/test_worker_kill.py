@@ -23,8 +23,8 @@ import pytest
 import redis
 import sqlalchemy as sa
 
+from bench.fakellm import FakeLLM
 from scheduler import enqueue_offline_run, progress, wait_for_experiment
-from tests.fakellm import FakeLLM
 from tests.reliability.harness import (
     SCORERS,
     Workers,

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from bench.fakellm import FakeLLM
 from scheduler import enqueue_offline_run, wait_for_experiment
-from tests.fakellm import FakeLLM
 from tests.reliability.harness import (
     SCORERS,
     Workers,

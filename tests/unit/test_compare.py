@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from bench.fakellm import FakeLLM
 from models.crud import (
     create_experiment,
     get_or_create_dataset,
@@ -16,11 +17,10 @@ from models.crud import (
     stored_items,
 )
 from models.db import session_scope
-from models.tables import Experiment, ExperimentStatus
+from models.tables import Experiment, ExperimentStatus, ScoreBase
 from scheduler.errors import InputError
 from scheduler.reports.compare import bootstrap_ci, compare_experiments
 from tests.factories import result_in, score_in
-from tests.fakellm import FakeLLM
 
 JUDGE = "openai/judge-model"
 
@@ -51,18 +51,19 @@ def make_run(dataset_id: int, n_items: int, *, name: str, repeats: int = 1) -> i
 
 
 def score(label: str, value: float, *, passed: bool | None = None,
-          explanation: str = "e", judge_cost: float = 0.0) -> dict[str, Any]:
-    return {**score_in(label, value), "passed": value >= 1.0 if passed is None else passed,
-            "explanation": explanation, "judge_cost_usd": judge_cost}
+          explanation: str = "e", judge_cost: float = 0.0) -> ScoreBase:
+    return score_in(label, value, passed=value >= 1.0 if passed is None else passed,
+                    explanation=explanation, judge_cost_usd=judge_cost)
 
 
-def record(experiment_id: int, outcomes: list[tuple[int, int, dict, list[dict]]]) -> None:
+def record(experiment_id: int, outcomes: list[tuple[int, int, dict, list[ScoreBase]]]
+           ) -> None:
     """Write (item id, repeat, result overrides, scores) outcomes with record_item_outcome."""
     with session_scope() as session:
         for item_id, repeat, overrides, scores in outcomes:
             ok = overrides.pop("ok", True)
-            record_item_outcome(session=session, scores_in=scores, result_in={
-                **result_in(experiment_id, item_id, repeat, ok=ok), **overrides})
+            record_item_outcome(session=session, scores_in=scores, result_in=result_in(
+                experiment_id, item_id, repeat, ok=ok, **overrides))
 
 
 def pass_fail_run(dataset_id: int, ids: dict[str, int], name: str, failing: set[str]) -> int:
@@ -171,7 +172,7 @@ def test_repeats_are_averaged_and_diff_is_the_difference_of_means(db_url):
         (a, 0, {"latency_ms": 50.0, "cost_usd": 0.002}, [score("q", 0.75, passed=True)]),
         (b, 0, {"latency_ms": 50.0, "cost_usd": 0.002}, [score("q", 0.5, passed=False)]),
         (c, 0, {"latency_ms": 50.0, "cost_usd": 0.002},
-         [{**score("q", 0.0), "value": None, "passed": None, "error": "judge unparseable"}]),
+         [score_in("q", None, passed=None, error="judge unparseable")]),
         (d, 0, {"latency_ms": 90.0, "cost_usd": 0.002}, [score("q", 1.0, passed=True)]),
     ])
     out = compare_experiments(base, cand)

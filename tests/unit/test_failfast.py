@@ -3,13 +3,11 @@ permanent way, on its own and on SQLite and PostgreSQL through the stored Result
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from models.crud import record_outcomes
 from models.db import session_scope
-from models.tables import Experiment, ExperimentStatus
+from models.tables import Experiment, ExperimentStatus, ResultCreate, ScoreBase
 from tests.factories import make_experiment, result_in
 from tests.support import EnvPatch
 from workers.offline.failfast import after_chunk, experiment_stopped, stop_reason
@@ -79,11 +77,11 @@ def test_the_reason_is_redacted(monkeypatch: pytest.MonkeyPatch):
 
 def _store(experiment_id: int, item_ids: list[int], *, ok: set[int] | None = None,
            error_type: str = "AuthenticationError", error: str = AUTH) -> None:
-    rows: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+    rows: list[tuple[ResultCreate, list[ScoreBase]]] = []
     for item_id in item_ids:
-        row = result_in(experiment_id, item_id, ok=item_id in (ok or set()))
-        if row["status"] == "error":
-            row.update(error_type=error_type, error=error)
+        good = item_id in (ok or set())
+        row = (result_in(experiment_id, item_id) if good else
+               result_in(experiment_id, item_id, ok=False, error_type=error_type, error=error))
         rows.append((row, []))
     with session_scope() as session:
         record_outcomes(session=session, experiment_id=experiment_id, outcomes=rows)

@@ -20,7 +20,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import aiohttp  # noqa: E402
 import litellm  # noqa: E402
 
-from tests.fakellm import FakeLLM  # noqa: E402
+from bench.fakellm import FakeLLM  # noqa: E402
 
 litellm.suppress_debug_info = True
 API_KEY = "sk-test"

@@ -11,6 +11,7 @@ import pytest
 
 from models.crud import record_item_outcome
 from models.db import session_scope
+from models.tables import ScoreBase
 from scheduler.errors import InputError
 from scheduler.reports.compare import compare_experiments
 from scheduler.reports.experiment import build_report, experiment_report, load_items
@@ -23,20 +24,19 @@ SCORERS: list[dict[str, Any]] = [{"label": label, "type": label, "version": "1",
 
 
 def score(label: str, value: float | None, *, passed: bool | None = None,
-          explanation: str = "ok", error: str | None = None) -> dict[str, Any]:
-    return {**score_in(label, value or 0.0), "value": value, "explanation": explanation,
-            "passed": (value is not None and value >= 1.0) if passed is None else passed,
-            "error": error}
+          explanation: str = "ok", error: str | None = None) -> ScoreBase:
+    return score_in(label, value, explanation=explanation, error=error,
+                    passed=(value is not None and value >= 1.0) if passed is None else passed)
 
 
-def record(experiment_id: int, outcomes: list[tuple[int, int, dict, list[dict]]]) -> None:
+def record(experiment_id: int, outcomes: list[tuple[int, int, dict, list[ScoreBase]]]
+           ) -> None:
     """Write (item id, repeat, result overrides, scores) with record_item_outcome."""
     with session_scope() as session:
         for item_id, repeat, overrides, scores in outcomes:
             ok = overrides.pop("ok", True)
-            record_item_outcome(session=session, scores_in=scores, result_in={
-                **result_in(experiment_id, item_id, repeat, ok=ok), "latency_ms": 250.0,
-                **overrides})
+            record_item_outcome(session=session, scores_in=scores, result_in=result_in(
+                experiment_id, item_id, repeat, ok=ok, **{"latency_ms": 250.0, **overrides}))
 
 
 def scored_run(values: dict[str, list[float]]) -> int:

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from models.settings import get_settings
+from models.tables import ScoreBase
 from tests.support import EnvPatch
 from workers.errors import ScorerConfigError, ScorerError, UnknownScorer
-from workers.offline.execution import Case, assertion_scorers, run_scorer, scorer_deadline
+from workers.offline.plan import Case
 from workers.runtime import aio
 from workers.scorers import (
     ResolvedScorer,
@@ -28,6 +29,7 @@ from workers.scorers import (
     resolve_scorers,
 )
 from workers.scorers.registry import bind_from_data
+from workers.scoring import assertion_scorers, run_scorer, scorer_deadline
 
 SAMPLE = Sample(input="q", expected=None, output="out")
 CATASTROPHIC = "(a|aa)+$"  # exponential even for the regex package
@@ -61,7 +63,7 @@ def booby_trap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Pa
     sys.modules.pop(name, None)
 
 
-def scored(scorer: ResolvedScorer, sample: Sample = SAMPLE) -> dict[str, Any]:
+def scored(scorer: ResolvedScorer, sample: Sample = SAMPLE) -> ScoreBase:
     return aio.run(run_scorer(scorer, sample))
 
 
@@ -80,7 +82,7 @@ def test_an_import_path_from_data_is_refused_without_importing_it(booby_trap) ->
     assert not marker.exists() and module not in sys.modules
     # The operator's own spec may name code: the same path imports and scores.
     (scorer,) = resolve_scorers([f"{module}:f"])
-    assert marker.exists() and scored(scorer)["value"] == 1.0
+    assert marker.exists() and scored(scorer).value == 1.0
 
 
 @pytest.mark.parametrize("name", ["this:s", "sys:exit", "os:system", "os.system",
@@ -111,13 +113,13 @@ def test_a_stored_assertion_naming_code_is_could_not_score_and_not_imported(boob
                                         {"type": "contains", "value": "out"},
                                         {"type": "regex", "pattern": "("},
                                         {"type": "custom", "value": {"a": 1}}), None)
-    scorers = assertion_scorers(case)
+    scorers = assertion_scorers(case.assertions)
     assert [s.label for s in scorers] == [f"assert:{module}:f", "assert:contains",
                                           "assert:regex"]
     rows = [scored(s) for s in scorers]
-    assert rows[0]["value"] is None and "import path" in rows[0]["error"]
-    assert rows[1]["value"] == 1.0 and rows[1]["error"] is None
-    assert rows[2]["value"] is None and "invalid regular expression" in rows[2]["error"]
+    assert rows[0].value is None and "import path" in rows[0].error
+    assert rows[1].value == 1.0 and rows[1].error is None
+    assert rows[2].value is None and "invalid regular expression" in rows[2].error
     assert not marker.exists() and module not in sys.modules
 
 
@@ -131,7 +133,7 @@ def test_whatever_a_sync_scorer_raises_is_could_not_score(error: BaseException) 
         raise error
 
     row = scored(plain(raises))
-    assert row["value"] is None and row["error"].startswith(type(error).__name__)
+    assert row.value is None and row.error.startswith(type(error).__name__)
 
 
 @pytest.mark.parametrize("error", [SystemExit(3), KeyboardInterrupt(), RuntimeError("boom")])
@@ -142,16 +144,16 @@ def test_whatever_an_async_scorer_raises_is_could_not_score_and_the_loop_lives_o
         raise error
 
     row = scored(plain(raises))
-    assert row["value"] is None and row["error"].startswith(type(error).__name__)
+    assert row.value is None and row.error.startswith(type(error).__name__)
     assert aio.get_loop().is_running()
-    assert scored(plain(lambda sample: 1.0))["value"] == 1.0
+    assert scored(plain(lambda sample: 1.0)).value == 1.0
 
 
 def test_a_sync_function_returning_a_coroutine_is_awaited() -> None:
     async def later() -> ScoreValue:
         return ScoreValue(0.5)
 
-    assert scored(plain(lambda sample: later()))["value"] == 0.5
+    assert scored(plain(lambda sample: later())).value == 0.5
 
 
 def test_a_slow_sync_scorer_times_out_off_the_loop(short_deadline: float) -> None:
@@ -159,7 +161,7 @@ def test_a_slow_sync_scorer_times_out_off_the_loop(short_deadline: float) -> Non
         time.sleep(3)
         return ScoreValue(1.0)
 
-    async def both() -> tuple[dict[str, Any], float]:
+    async def both() -> tuple[ScoreBase, float]:
         ticks = 0
 
         async def tick() -> None:  # the loop keeps running while the scorer sleeps
@@ -176,8 +178,8 @@ def test_a_slow_sync_scorer_times_out_off_the_loop(short_deadline: float) -> Non
     started = time.monotonic()
     row, ticks = aio.run(both())
     assert time.monotonic() - started < short_deadline + 1.0
-    assert row["value"] is None and row["error"].startswith("timed out")
-    assert "EVALQ_SCORER_TIMEOUT_S" in row["error"]
+    assert row.value is None and row.error.startswith("timed out")
+    assert "EVALQ_SCORER_TIMEOUT_S" in row.error
     assert ticks > 5  # ~50 when nothing else runs; 0 if the loop were held
 
 
@@ -194,7 +196,7 @@ def test_an_async_scorer_that_ignores_cancellation_still_times_out(short_deadlin
     started = time.monotonic()
     row = scored(plain(stubborn))
     assert time.monotonic() - started < short_deadline + 1.0
-    assert row["value"] is None and row["error"].startswith("timed out")
+    assert row.value is None and row.error.startswith("timed out")
 
 
 def test_judges_get_the_network_deadline() -> None:

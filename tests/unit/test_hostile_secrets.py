@@ -17,13 +17,13 @@ import pytest
 from sqlmodel import func, select
 from typer.testing import CliRunner
 
+from bench.fakellm import FakeLLM
 from models.db import session_scope
 from models.tables import Dataset, Experiment, Result
 from scheduler import enqueue_offline_run
 from scheduler.cli.main import app
 from scheduler.errors import InputError
 from tests.factories import write_jsonl
-from tests.fakellm import FakeLLM
 from tests.support import EnvPatch
 from workers.llm.calls import header_values, redact
 from workers.runtime.logsafe import mask_url, scrub, secret_param, strip_url, url_secret

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from bench.fakellm import FakeLLM
 from models.settings import reset_settings
-from tests.fakellm import FakeLLM
 from workers.errors import ScorerConfigError, ScorerError
 from workers.scorers import ResolvedScorer, Sample, ScoreValue, resolve_scorers
 from workers.scorers.judges import json_object

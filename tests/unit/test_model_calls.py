@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from bench.fakellm import FakeLLM
 from models.settings import Settings
-from tests.fakellm import FakeLLM
 from workers.llm.calls import call_model, is_retryable, missing_credentials, redact
 
 MODEL = "openai/fake-model"

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 
+from bench.fakellm import FakeLLM
 from models.tables import ProductionRun
-from tests.fakellm import FakeLLM
-from workers.online.tick import run_sample
 from workers.scorers import resolve_scorers
+from workers.scoring import run_sample
 
 
 def test_plan_run_success_judges_the_plan_and_its_outcome(fake_llm: FakeLLM):

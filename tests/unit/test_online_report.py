@@ -25,7 +25,7 @@ from sqlmodel import select
 
 from models.crud import record_item_outcome, upsert_scores
 from models.db import session_scope
-from models.tables import OnlineAlert, OnlineEvaluator, ProductionRun
+from models.tables import OnlineAlert, OnlineEvaluator, ProductionRun, ScoreCreate
 from scheduler.errors import InputError
 from scheduler.reports.evaluator import Baseline, online_report
 from scheduler.reports.stats import mean_ci, mean_ci_from_sums, t_critical
@@ -58,12 +58,13 @@ def add_scores(evaluator_id: int, rows: Iterable[tuple[datetime, str, float | No
         session.add_all(runs)
         session.flush()
         upsert_scores(session=session, scores_in=[
-            {"subject_type": "run", "subject_id": run.id, "evaluator_id": evaluator_id,
+            ScoreCreate(**{
+             "subject_type": "run", "subject_id": run.id, "evaluator_id": evaluator_id,
              "subject_at": at, "scorer": label, "scorer_version": "1", "value": value,
              "passed": None if value is None else value >= 0.7, "explanation": None,
              "error": "judge answer unparseable" if value is None else None, "meta": None,
              "judge_model": None, "judge_cost_usd": 0.0, "judge_tokens": 0,
-             "judge_latency_ms": None}
+             "judge_latency_ms": None})
             for run, (at, label, value) in zip(runs, rows, strict=True)
         ])
 

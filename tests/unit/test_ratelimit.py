@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import redis
 
+from bench.fakellm import FakeLLM
 from models.settings import Settings
-from tests.fakellm import FakeLLM
 from tests.support import RedisServer, free_port
 from workers.llm.calls import call_model
 from workers.llm.ratelimit import (

@@ -6,6 +6,8 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from models.settings import get_settings
+
 log = logging.getLogger(__name__)
 
 
@@ -13,8 +15,6 @@ def queue_depths(app: Any, queues: Iterable[str], *, url: str | None = None
                  ) -> dict[str, int | None]:
     """Messages waiting (not delivered) in each queue; None where the broker could not
     say (unreachable, or a RabbitMQ queue not declared yet: nothing waits in it)."""
-    from models.settings import get_settings
-
     url = url or get_settings().broker_url or app.conf.broker_url
     depths: dict[str, int | None] = {}
     try:

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlmodel import Session
+import sqlalchemy as sa
+from celery import Task
+from sqlmodel import Session, col
 
 from models.db import session_scope
-from models.leases import insert_leases, mark_sent
+from models.leases import TaskLease, insert_leases, mark_sent
 from models.tables import utcnow
 from workers.celery_app import app
 from workers.celery_app import producer as broker_producer
@@ -44,32 +46,38 @@ def _mark(lease_ids: list[int]) -> None:
         mark_sent(session=session, lease_ids=lease_ids, now=utcnow())
 
 
-def send_tasks(task: str, calls: Sequence[Sequence[Any]], *, kwargs: dict[str, Any] | None
+def send_tasks(task: Task, calls: Sequence[Sequence[Any]], *, kwargs: dict[str, Any] | None
                = None, experiment_id: int | None = None,
                before_commit: Callable[[Session], None] | None = None) -> list[int]:
-    """Lease and send `task` once per argument list; returns the lease ids.
+    """Lease and send `task` (a task object of workers/tasks.py) once per argument list;
+    returns the lease ids. The lease stores the task's name, from which the sweeper sends
+    it again.
 
     `before_commit(session)` runs in the leases' transaction (e.g. marking the experiment
     running), so either both are stored or neither."""
+    return send_by_name(task.name, calls, kwargs=kwargs, experiment_id=experiment_id,
+                        before_commit=before_commit)
+
+
+def send_by_name(name: str, calls: Sequence[Sequence[Any]], *, kwargs: dict[str, Any] | None
+                 = None, experiment_id: int | None = None,
+                 before_commit: Callable[[Session], None] | None = None) -> list[int]:
+    """`send_tasks` for the task registered as `name`: for the sweeper, which knows tasks
+    by the names in their leases and cannot import workers/tasks.py (that imports it)."""
     kw = dict(kwargs or {})
-    queue = queue_of(task)
-    rows = [{"task": task, "queue": queue, "task_args": list(args), "task_kwargs": kw,
+    queue = queue_of(name)
+    rows = [{"task": name, "queue": queue, "task_args": list(args), "task_kwargs": kw,
              "experiment_id": experiment_id} for args in calls]
     with session_scope() as session:
         lease_ids = insert_leases(session=session, rows=rows, now=utcnow())
         if before_commit is not None:
             before_commit(session)
-    publish(lease_ids, task, calls, [kw] * len(calls))
+    publish(lease_ids, name, calls, [kw] * len(calls))
     return lease_ids
 
 
 def forget_unsent(*, session: Session, experiment_id: int) -> int:
     """Drop an experiment's leases that were never published (its enqueue failed)."""
-    import sqlalchemy as sa
-    from sqlmodel import col
-
-    from models.leases import TaskLease
-
     gone = session.execute(sa.delete(TaskLease).where(
         col(TaskLease.experiment_id) == experiment_id, col(TaskLease.sent_at).is_(None)))
     return int(gone.rowcount or 0)  # type: ignore[attr-defined]

@@ -17,9 +17,7 @@ from sqlmodel import col
 from models.claims import mark_claim_done
 from models.crud import record_outcomes
 from models.db import session_scope
-from models.tables import Result, utcnow
-from workers.llm.calls import ModelOutcome
-from workers.offline.execution import result_row
+from models.tables import Result, ResultCreate, TargetOutput, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +38,9 @@ def offline_items(experiment_id: int, pairs: Sequence[Sequence[int]], attempts: 
             .where(col(Result.experiment_id) == experiment_id,
                    col(Result.item_id).in_(sorted({i for i, _ in todo})))).all())
         missing = sorted(p for p in todo if (p[0], p[1]) not in have)
-        outcome = ModelOutcome(error=_reason(attempts), error_type="WorkerLost")
+        outcome = TargetOutput(error=_reason(attempts), error_type="WorkerLost")
         record_outcomes(session=session, experiment_id=experiment_id,
-                        outcomes=[(result_row(experiment_id, i, r, outcome), [])
+                        outcomes=[(ResultCreate.of(experiment_id, i, r, outcome), [])
                                   for i, r in missing])
     log.error("experiment %s: %d item(s) stored as errors after %d starts of their task",
               experiment_id, len(missing), attempts)

@@ -5,6 +5,10 @@ Every EVALQ_HEARTBEAT_S seconds the thread upserts the process's WorkerBeat row,
 messages a broker lost. Any live worker sweeps; nothing depends on beat or on the
 broker's visibility timeout. Lease releases that could not be written (the database was
 down) are kept here and written as soon as it answers.
+
+A Celery worker starts its heartbeat when it is ready and stops it at shutdown (the
+`worker_ready` and `worker_shutdown` handlers below, connected when this module is
+imported: every worker imports it through workers.tasks).
 """
 
 from __future__ import annotations
@@ -16,13 +20,16 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
+from celery import signals
 from sqlalchemy.exc import SQLAlchemyError
 
 from models.db import session_scope
 from models.leases import beat, mark_stopped, release_lease
 from models.settings import get_settings
 from models.tables import utcnow
+from workers.delivery.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 SWEEP_EVERY_S = 5.0
@@ -50,7 +57,7 @@ class Heartbeat:
         self._lock = threading.Lock()
         self.healthy_since: float | None = None  # monotonic time of the first good beat
         self._last_sweep = 0.0
-        self._sweeper: object | None = None
+        self._sweeper: Sweeper | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -100,14 +107,12 @@ class Heartbeat:
         return True
 
     def sweep_once(self) -> None:
-        from workers.delivery.sweeper import Sweeper
-
         if self._sweeper is None:
             self._sweeper = Sweeper()
         healthy_for = 0.0 if self.healthy_since is None else \
             time.monotonic() - self.healthy_since
         try:
-            self._sweeper.sweep(healthy_for_s=healthy_for)  # type: ignore[attr-defined]
+            self._sweeper.sweep(healthy_for_s=healthy_for)
         except Exception:  # noqa: BLE001 - the sweep must never stop the heartbeat
             log.exception("lease sweep failed; trying again in %.0f s", SWEEP_EVERY_S)
 
@@ -159,3 +164,19 @@ def stop() -> None:
         if _current is not None:
             _current.stop()
             _current = None
+
+
+@signals.worker_ready.connect
+def _start_heartbeat(sender: Any = None, **_: object) -> None:
+    """Beat in the database while this worker runs (and sweep for lost work). `sender` is
+    the worker's Consumer: its app says which queues the worker consumes."""
+    hostname = getattr(sender, "hostname", None) or "celery"
+    queues = ",".join(sorted(sender.app.amqp.queues.consume_from or {}))
+    concurrency = int(getattr(getattr(sender, "controller", None), "concurrency", 0) or 0)
+    start(f"{hostname}:{os.getpid()}", queues=queues, concurrency=concurrency)
+
+
+@signals.worker_shutdown.connect
+def _stop_heartbeat(**_: object) -> None:
+    """A clean stop frees at once what this worker still holds."""
+    stop()

@@ -42,6 +42,9 @@ from models.leases import (
 )
 from models.settings import get_settings
 from models.tables import Experiment, ExperimentStatus, Result, utcnow
+from workers.celery_app import app
+from workers.delivery.broker import queue_depths
+from workers.delivery.dispatch import publish, send_by_name
 from workers.delivery.queues import Queue
 
 log = logging.getLogger(__name__)
@@ -124,10 +127,8 @@ class Sweeper:
             size = get_settings().chunk_size
             calls = [(experiment_id, [[i, r] for i, r in pairs[k:k + size]])
                      for k in range(0, len(pairs), size)]
-            from workers.delivery.dispatch import send_tasks
-
-            send_tasks("evalq.run_items", calls, kwargs={"config": config},
-                       experiment_id=experiment_id)
+            send_by_name("evalq.run_items", calls, kwargs={"config": config},
+                         experiment_id=experiment_id)
             log.warning("experiment %s was running with %d items missing and no task in "
                         "flight: sent them again", experiment_id, len(pairs))
             sent += len(pairs)
@@ -144,9 +145,6 @@ class Sweeper:
     def _watch_queues(self) -> None:
         """Remember the published leases of each queue seen empty: any of them unclaimed a
         sweep later is lost."""
-        from workers.celery_app import app
-        from workers.delivery.broker import queue_depths
-
         watch = [q for q in LEASED_QUEUES if q not in self.suspects]
         if not watch:
             return
@@ -169,8 +167,6 @@ def _ids(leases: list[TaskLease]) -> str:
 
 
 def _send_again(leases: list[TaskLease]) -> None:
-    from workers.delivery.dispatch import publish
-
     by_task: dict[str, list[TaskLease]] = {}
     for lease in leases:
         by_task.setdefault(lease.task, []).append(lease)

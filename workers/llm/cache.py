@@ -15,7 +15,10 @@ import json
 import threading
 from typing import Any, Protocol
 
+from models.crud import dialect_insert
+from models.db import session_scope
 from models.settings import Settings
+from models.tables import ResponseCache, utcnow
 from workers.llm.redis_url import redis_url
 
 MODES = ("auto", "on", "off")
@@ -51,7 +54,7 @@ class RedisStore:
     """Cache entries as Redis strings with a TTL."""
 
     def __init__(self, url: str, ttl_s: int) -> None:
-        import redis
+        import redis  # lazy: ~130 ms to import; only a deployment with a Redis needs it
 
         with _lock:
             client = _clients.get(url)
@@ -71,20 +74,13 @@ class DatabaseStore:
     """Cache entries in the response_cache table (no Redis configured)."""
 
     def get(self, key: str) -> dict[str, Any] | None:
-        from models.db import session_scope
-        from models.tables import ResponseCache
-
         with session_scope() as session:
             row = session.get(ResponseCache, key)
             return dict(row.value) if row is not None and row.value else None
 
     def put(self, key: str, value: dict[str, Any]) -> None:
-        from models.crud import _insert
-        from models.db import session_scope
-        from models.tables import ResponseCache, utcnow
-
         with session_scope() as session:
-            session.execute(_insert(session, ResponseCache)
+            session.execute(dialect_insert(session, ResponseCache)
                             .values(key=key, value=value, created_at=utcnow())
                             .on_conflict_do_nothing(index_elements=["key"]))
 

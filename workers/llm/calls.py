@@ -24,7 +24,6 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from tenacity import (
@@ -36,7 +35,9 @@ from tenacity import (
 )
 
 from models.settings import Settings
+from models.tables import TargetOutput
 from workers.llm.ratelimit import RateLimiter, estimate_tokens, limiter_for
+from workers.llm.toy_model import make_handler
 from workers.runtime.logsafe import (
     ENV_REFERENCE,
     install_log_filters,
@@ -53,11 +54,9 @@ def setup_litellm() -> Any:
     """Import and configure litellm once per process; returns the module."""
     global _configured
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    import litellm
+    import litellm  # lazy: ~3 s to import; the CLI and reports never call a model
 
     if not _configured:
-        from workers.llm.toy_model import make_handler
-
         litellm.suppress_debug_info = True
         litellm.telemetry = False
         litellm.drop_params = False
@@ -245,27 +244,6 @@ def retry_policy(settings: Settings) -> AsyncRetrying:
     )
 
 
-@dataclass
-class ModelOutcome:
-    """What one (item, repeat)'s model call produced, success or failure."""
-
-    output: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    error: str | None = None
-    error_type: str | None = None
-    latency_ms: float | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    cost_known: bool = True
-    attempts: int = 0
-    response_model: str | None = None
-    cached: bool = False  # replayed from the response cache, no provider call
-    outcome: str | None = None  # "COMPLETE" for a model that answered; an agent's own state
-    steps: list[Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 def _arguments(raw: Any) -> Any:
     if isinstance(raw, str):
         try:
@@ -338,10 +316,10 @@ async def call_model(
     settings: Settings,
     api_base: str | None = None,
     params: dict[str, Any] | None = None,
-) -> ModelOutcome:
+) -> TargetOutput:
     """Call the model with retries; never raises for a model error (it is recorded)."""
     litellm = setup_litellm()
-    outcome = ModelOutcome()
+    outcome = TargetOutput()
     try:
         params = resolve_header_env(params)
     except HeaderEnvMissing as exc:

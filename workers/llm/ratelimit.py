@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.settings import Settings
-from workers.llm.redis_url import redis_url, require_shared_rate_limits
+from workers.llm.redis_url import RedisRequired, redis_url, url_scheme
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ __all__ = [
     "estimate_tokens",
     "limiter_for",
     "parse_limits",
+    "require_shared_rate_limits",
 ]
 
 WINDOW_S = 10.0  # the window the limit is guaranteed over (and every multiple of it)
@@ -219,6 +220,25 @@ def parse_limits(raw: Mapping[str, Mapping[str, Any]]) -> dict[str, Limit]:
     return limits
 
 
+def require_shared_rate_limits(settings: Settings) -> None:
+    """Refuse a distributed deployment whose EVALQ_RATE_LIMITS cannot be shared: rate
+    limits are kept in Redis so that every worker draws on the same budget. Also
+    validates EVALQ_CACHE_URL. Raises RedisRequired saying what to set."""
+    url = redis_url(settings)
+    if url is not None or settings.embedded:
+        return
+    limited = sorted(parse_limits(settings.rate_limits))
+    if not limited:
+        return
+    assert settings.broker_url is not None  # not embedded
+    raise RedisRequired(
+        f"EVALQ_RATE_LIMITS limits {', '.join(limited)}, but there is no Redis to share the "
+        f"limits between workers: the broker is {url_scheme(settings.broker_url)}, not Redis, "
+        "and EVALQ_CACHE_URL is unset. Set EVALQ_CACHE_URL=redis://host:6379/0 (the rate "
+        "limiter's and the response cache's Redis), or unset EVALQ_RATE_LIMITS"
+    )
+
+
 def _text_length(content: Any) -> int:
     if isinstance(content, str):
         return len(content)
@@ -363,7 +383,7 @@ class RedisRateLimiter(RateLimiter):
 
     def _script(self, name: str) -> Any:
         if self._client is None:
-            import redis.asyncio
+            import redis.asyncio  # lazy: ~130 ms to import; only a Redis limiter needs it
 
             self._client = redis.asyncio.Redis.from_url(
                 self.url, socket_connect_timeout=1.0, socket_timeout=2.0)
@@ -380,7 +400,7 @@ class RedisRateLimiter(RateLimiter):
 
     async def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run a script, or return None when Redis is unreachable (fail open)."""
-        from redis.exceptions import RedisError
+        from redis.exceptions import RedisError  # lazy, as redis.asyncio in _script
 
         if time.monotonic() < self._down_until:
             return None

@@ -9,8 +9,8 @@ broker: `redis_url` picks it, one rule for both:
 - else None: the response cache falls back to the database (as in embedded mode), and
   the rate limiter to an in-process one, which is only allowed without a broker
   (one process). A distributed deployment with EVALQ_RATE_LIMITS and no Redis is
-  refused (`require_shared_rate_limits`) rather than limited per process, which would
-  multiply every limit by the number of workers.
+  refused (`workers.llm.ratelimit.require_shared_rate_limits`) rather than limited per
+  process, which would multiply every limit by the number of workers.
 
 A worker checks this at start-up (workers.celery_app's `worker_init` hook) and exits
 with the message; `evalq run` checks it before writing anything.
@@ -25,8 +25,7 @@ from workers.errors import WorkerError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["REDIS_SCHEMES", "RedisRequired", "is_redis", "redis_url",
-           "require_shared_rate_limits"]
+__all__ = ["REDIS_SCHEMES", "RedisRequired", "is_redis", "redis_url", "url_scheme"]
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -41,7 +40,7 @@ def is_redis(url: str | None) -> bool:
     return bool(url) and str(url).startswith(REDIS_SCHEMES)
 
 
-def _scheme(url: str) -> str:
+def url_scheme(url: str) -> str:
     """The scheme of a URL, for messages: never the credentials in the rest of it."""
     return url.split("://", 1)[0] + "://" if "://" in url else "(no scheme)"
 
@@ -53,32 +52,10 @@ def redis_url(settings: Settings) -> str | None:
         if not is_redis(settings.cache_url):
             raise RedisRequired(
                 f"EVALQ_CACHE_URL must be a Redis URL (redis://, rediss:// or unix://), got "
-                f"a {_scheme(settings.cache_url)} URL; it is the Redis of the response cache "
+                f"a {url_scheme(settings.cache_url)} URL; it is the Redis of the response cache "
                 "and the shared rate limiter, e.g. EVALQ_CACHE_URL=redis://host:6379/1"
             )
         return settings.cache_url
     if is_redis(settings.broker_url):
         return settings.broker_url
     return None
-
-
-def require_shared_rate_limits(settings: Settings) -> None:
-    """Refuse a distributed deployment whose EVALQ_RATE_LIMITS cannot be shared: rate
-    limits are kept in Redis so that every worker draws on the same budget. Also
-    validates EVALQ_CACHE_URL. Raises RedisRequired saying what to set."""
-    from workers.llm.ratelimit import parse_limits
-
-    url = redis_url(settings)
-    if url is not None or settings.embedded:
-        return
-    limited = sorted(parse_limits(settings.rate_limits))
-    if not limited:
-        return
-    assert settings.broker_url is not None  # not embedded
-    raise RedisRequired(
-        f"EVALQ_RATE_LIMITS limits {', '.join(limited)}, but there is no Redis to share the "
-        f"limits between workers: the broker is {_scheme(settings.broker_url)}, not Redis, "
-        "and EVALQ_CACHE_URL is unset. Set EVALQ_CACHE_URL=redis://host:6379/0 (the rate "
-        "limiter's and the response cache's Redis), or unset EVALQ_RATE_LIMITS"
-    )
-

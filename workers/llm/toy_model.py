@@ -59,7 +59,7 @@ def _last_user_text(messages: list[dict[str, Any]]) -> str:
 
 
 def _response(model: str, messages: list[dict[str, Any]]) -> Any:
-    import litellm
+    import litellm  # lazy: litellm takes ~3 s to import; only model calls need it
 
     prompt = _last_user_text(messages)
     reply = answer(prompt)
@@ -77,7 +77,7 @@ def _response(model: str, messages: list[dict[str, Any]]) -> Any:
 
 def make_handler() -> Any:
     """A litellm CustomLLM instance serving the `evalq/` provider."""
-    from litellm import CustomLLM
+    from litellm import CustomLLM  # lazy: litellm takes ~3 s to import
 
     class ToyLLM(CustomLLM):
         latency_s = 0.002

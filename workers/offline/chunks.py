@@ -1,10 +1,12 @@
-"""Evaluating a chunk of (item, repeat)s in one task: the items' model calls run together
-on the process's event loop (bounded by EVALQ_MODEL_CONCURRENCY per process), and their
+"""Evaluating a chunk of (item, repeat)s in one task, the one offline execution path (the
+Celery task `run_items` and embedded mode both call `execute_chunk`): the items' target
+calls run together on the process's event loop (bounded by EVALQ_MODEL_CONCURRENCY per
+worker process, EVALQ_CONCURRENCY embedded), each output is scored, and the chunk's
 Results and Scores are written in one transaction.
 
-One task per chunk instead of per item divides the broker, Celery and database work per
-item by the chunk size; idempotency is unchanged (the same unique keys, the same skip of
-(item, repeat)s that already have a Result).
+Idempotent: an (item, repeat) that already has a Result is skipped unless forced, and every
+write is an upsert on its unique key. A chunk of an experiment whose cost budget is spent
+stores its items as skipped_budget without calling the target.
 """
 
 from __future__ import annotations
@@ -12,27 +14,19 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Sequence
-from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import col
 
-from models.crud import record_outcomes
+from models.crud import record_outcomes, spent_usd
 from models.db import session_scope
 from models.settings import Settings, get_settings
-from models.tables import DatasetItem, Result, ResultStatus
-from workers.llm.calls import ModelOutcome
+from models.tables import Result, ResultCreate, ResultStatus, ScoreBase, TargetOutput
 from workers.offline import failfast
-from workers.offline.execution import (
-    Case,
-    Plan,
-    _budget_spent,
-    cache_case,
-    evaluate,
-    load_plan,
-    result_row,
-)
+from workers.offline.execution import run_target
+from workers.offline.plan import Case, ExperimentPlan, load_cases, load_plan
 from workers.runtime import aio
+from workers.scoring import assertion_scorers, sample_of, score_sample
 
 _semaphores: dict[tuple[int, int], asyncio.Semaphore] = {}
 
@@ -47,22 +41,6 @@ def _limit(settings: Settings) -> asyncio.Semaphore:
     return _semaphores[key]
 
 
-def load_cases(item_ids: Sequence[int]) -> dict[int, Case]:
-    """Test cases by id, from the process cache or one query for the missing ones."""
-    from workers.offline.execution import cached_case
-
-    found = {i: c for i in item_ids if (c := cached_case(i)) is not None}
-    missing = [i for i in item_ids if i not in found]
-    if missing:
-        with session_scope() as session:
-            rows = session.execute(sa.select(DatasetItem)
-                                   .where(col(DatasetItem.id).in_(missing))).scalars().all()
-            for item in rows:
-                assert item.id is not None
-                found[item.id] = cache_case(item)
-    return found
-
-
 def _existing(experiment_id: int, pairs: list[tuple[int, int]]) -> set[tuple[int, int]]:
     items = sorted({i for i, _ in pairs})
     with session_scope() as session:
@@ -73,11 +51,32 @@ def _existing(experiment_id: int, pairs: list[tuple[int, int]]) -> set[tuple[int
     return {(r[0], r[1]) for r in rows}
 
 
-async def _evaluate_all(plan: Plan, work: list[tuple[Case, int]], settings: Settings
-                        ) -> list[tuple[ModelOutcome, list[dict[str, Any]]]]:
+def _budget_spent(plan: ExperimentPlan) -> bool:
+    if plan.max_cost_usd is None:
+        return False
+    with session_scope() as session:
+        return spent_usd(session=session, experiment_id=plan.experiment_id) >= plan.max_cost_usd
+
+
+async def evaluate(plan: ExperimentPlan, case: Case, settings: Settings, repeat: int = 0
+                   ) -> tuple[TargetOutput, list[ScoreBase]]:
+    """Call the target for one test case and score what it produced."""
+    output = await run_target(plan, case, settings, repeat)
+    if output.error is not None:
+        return output, []
+    sample = sample_of(output, input=case.input, expected=case.expected,
+                       metadata=case.metadata, custom=case.custom())
+    scorers = list(plan.scorers)
+    if case.assertions:  # binding checks data (a schema, a pattern): not on the loop
+        scorers += await aio.in_thread(assertion_scorers, case.assertions)
+    return output, await score_sample(scorers, sample)
+
+
+async def _evaluate_all(plan: ExperimentPlan, work: list[tuple[Case, int]],
+                        settings: Settings) -> list[tuple[TargetOutput, list[ScoreBase]]]:
     limit = _limit(settings)
 
-    async def one(case: Case, repeat: int) -> tuple[ModelOutcome, list[dict[str, Any]]]:
+    async def one(case: Case, repeat: int) -> tuple[TargetOutput, list[ScoreBase]]:
         async with limit:
             return await evaluate(plan, case, settings, repeat)
 
@@ -85,7 +84,7 @@ async def _evaluate_all(plan: Plan, work: list[tuple[Case, int]], settings: Sett
 
 
 def execute_chunk(experiment_id: int, pairs: Sequence[Sequence[int]], *, force: bool = False,
-                  config: int = 0) -> dict[str, int]:
+                  config_version: int = 0) -> dict[str, int]:
     """Evaluate and store a chunk of (item_id, repeat)s; returns counts by status (and
     "skipped" for pairs that already had a Result)."""
     settings = get_settings()
@@ -99,27 +98,25 @@ def execute_chunk(experiment_id: int, pairs: Sequence[Sequence[int]], *, force: 
         return {"skipped": skipped}
     if failfast.experiment_stopped(experiment_id):
         return {"skipped": skipped, "stopped": len(todo)}
-    plan = load_plan(experiment_id, config)
+    plan = load_plan(experiment_id, config_version)
     cases = load_cases([i for i, _ in todo])
     work = [(cases[i], r) for i, r in todo]
-    if plan.max_cost_usd is not None and _budget_spent(experiment_id, plan.max_cost_usd):
-        over = ModelOutcome(error=f"skipped: the experiment's budget of "
+    rows: list[tuple[ResultCreate, list[ScoreBase]]]
+    if _budget_spent(plan):
+        over = TargetOutput(error=f"skipped: the experiment's budget of "
                             f"${plan.max_cost_usd:g} is spent (--max-cost)",
                             error_type="BudgetExceeded")
-        outcomes: list[tuple[ModelOutcome, list[dict[str, Any]]]] = [(over, [])] * len(work)
+        rows = [(ResultCreate.of(experiment_id, case.item_id, rep, over,
+                                 ResultStatus.SKIPPED_BUDGET), []) for case, rep in work]
     else:
         outcomes = aio.run(_evaluate_all(plan, work, settings))
-    rows = []
-    for (case, rep), (outcome, scores) in zip(work, outcomes, strict=True):
-        row = result_row(experiment_id, case.item_id, rep, outcome)
-        if outcome.error_type == "BudgetExceeded":
-            row["status"] = ResultStatus.SKIPPED_BUDGET.value
-        rows.append((row, scores))
+        rows = [(ResultCreate.of(experiment_id, case.item_id, rep, output), verdicts)
+                for (case, rep), (output, verdicts) in zip(work, outcomes, strict=True)]
     with session_scope() as session:
         record_outcomes(session=session, experiment_id=experiment_id, outcomes=rows)
-    if any(row["status"] == ResultStatus.ERROR.value for row, _ in rows):
+    if any(row.status == ResultStatus.ERROR.value for row, _ in rows):
         failfast.after_chunk(experiment_id)
     counts: dict[str, int] = {"skipped": skipped}
     for row, _ in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
+        counts[row.status] = counts.get(row.status, 0) + 1
     return counts

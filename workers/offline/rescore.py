@@ -3,16 +3,15 @@ calling the target again."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlmodel import select
 
 from models.crud import store_totals, upsert_scores
 from models.db import session_scope
-from models.tables import Experiment, Result, ResultStatus, Score, SubjectType
-from workers.offline.execution import assertion_scorers, load_case, run_scorer
+from models.tables import Experiment, Result, ResultStatus, Score, ScoreCreate, SubjectType
+from workers.offline.plan import load_cases
 from workers.runtime import aio
-from workers.scorers import Sample, rebind
+from workers.scorers import rebind
+from workers.scoring import assertion_scorers, sample_of, score_sample
 
 
 def rescore_result(experiment_id: int, result_id: int) -> str:
@@ -26,30 +25,20 @@ def rescore_result(experiment_id: int, result_id: int) -> str:
         have = set(session.exec(select(Score.scorer).where(
             Score.subject_type == SubjectType.RESULT, Score.subject_id == result_id)).all())
         specs = [s for s in exp.scorers or [] if s["label"] not in have]
-        item_id = result.item_id
-        stored: dict[str, Any] = {
-            "output": result.output, "tool_calls": result.tool_calls,
-            "latency_ms": result.latency_ms,
-            "cost_usd": result.cost_usd if result.cost_known else None,
-            "outcome": result.outcome, "steps": result.steps,
-        }
+        session.expunge(result)  # its output is read after the session closes
     if not specs:
         return "skipped"
-    case = load_case(item_id)
+    case = load_cases([result.item_id])[result.item_id]
     scorers = [rebind(spec) for spec in specs]
     if not have:  # first scoring of this result: its assertions too
-        scorers += assertion_scorers(case)
-    sample = Sample(input=case.input, expected=case.expected, metadata=case.metadata,
-                    custom=case.custom(), **stored)
-
-    async def score_all() -> list[dict[str, Any]]:
-        return [await run_scorer(s, sample) for s in scorers]
-
-    rows = aio.run(score_all())
+        scorers += assertion_scorers(case.assertions)
+    sample = sample_of(result, input=case.input, expected=case.expected,
+                       metadata=case.metadata, custom=case.custom())
+    verdicts = aio.run(score_sample(scorers, sample))
     with session_scope() as session:
         upsert_scores(session=session, scores_in=[
-            {**row, "subject_id": result_id, "experiment_id": experiment_id} for row in rows
-        ])
+            ScoreCreate.of(v, subject_type=SubjectType.RESULT, subject_id=result_id,
+                           experiment_id=experiment_id) for v in verdicts])
     return "scored"
 
 

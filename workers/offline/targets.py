@@ -20,8 +20,9 @@ from collections.abc import Callable
 from typing import Any
 
 from models.settings import Settings
+from models.tables import TargetOutput
 from workers.errors import TargetError
-from workers.llm.calls import ModelOutcome, redact
+from workers.llm.calls import redact
 
 _callables: dict[str, Callable[..., Any]] = {}
 
@@ -71,13 +72,13 @@ def _normalise_calls(calls: Any) -> list[dict[str, Any]] | None:
     return out
 
 
-def outcome_from_return(value: Any) -> ModelOutcome:
+def outcome_from_return(value: Any) -> TargetOutput:
     """A callable target's return value as an outcome."""
     if not isinstance(value, dict):
-        return ModelOutcome(output=_as_text(value), outcome="COMPLETE", attempts=1)
+        return TargetOutput(output=_as_text(value), outcome="COMPLETE", attempts=1)
     status = value.get("outcome", value.get("status"))
     steps = value.get("steps")
-    return ModelOutcome(
+    return TargetOutput(
         output=_as_text(value.get("output")),
         tool_calls=_normalise_calls(value.get("tool_calls")),
         steps=list(steps) if steps is not None else None,
@@ -97,7 +98,7 @@ def _accepts_case(fn: Callable[..., Any]) -> bool:
 
 
 async def call_target(path: str, case_input: Any, context: dict[str, Any],
-                      settings: Settings) -> ModelOutcome:
+                      settings: Settings) -> TargetOutput:
     """Run a callable target once; its exception is recorded on the outcome, not raised."""
     started = time.perf_counter()
     try:
@@ -110,11 +111,11 @@ async def call_target(path: str, case_input: Any, context: dict[str, Any],
         value = await asyncio.wait_for(call, timeout=settings.target_timeout_s)
         outcome = outcome_from_return(value)
     except TimeoutError:
-        outcome = ModelOutcome(error=f"target did not return within "
+        outcome = TargetOutput(error=f"target did not return within "
                                f"{settings.target_timeout_s} s (EVALQ_TARGET_TIMEOUT_S)",
                                error_type="TargetTimeout", attempts=1, outcome="FAILED")
     except Exception as exc:  # noqa: BLE001 - the target's failure is this item's result
-        outcome = ModelOutcome(error=redact(f"{type(exc).__name__}: {exc}")[:4000],
+        outcome = TargetOutput(error=redact(f"{type(exc).__name__}: {exc}")[:4000],
                                error_type=type(exc).__name__, attempts=1, outcome="FAILED")
     outcome.latency_ms = (time.perf_counter() - started) * 1000
     return outcome

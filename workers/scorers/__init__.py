@@ -1,5 +1,25 @@
-"""Scorers: named, versioned factories returning callables that score a Sample."""
+"""Scorers: named, versioned factories returning callables that score a Sample.
 
+- `registry`: `register_scorer`, and binding specs to scorers (`resolve_scorers`, `rebind`,
+  `bind_from_data`); it knows no scorer itself.
+- `base`: what a scorer sees (`Sample`) and returns (`ScoreValue`).
+- the built-in families, registered below on import: `deterministic`, `text`, `structured`,
+  `agent`, `judges` (LLM-as-judge), `semantic` (embeddings), `online_judges` (agent runs),
+  `steel_thread` (Portia Steel Thread assertions); `checks` and `bounded_regex` hold what
+  they share.
+"""
+
+# Importing the built-in families registers their scorers (@register_scorer).
+from workers.scorers import (  # noqa: F401
+    agent,
+    deterministic,
+    judges,
+    online_judges,
+    semantic,
+    steel_thread,
+    structured,
+    text,
+)
 from workers.scorers.base import Sample, ScorerFn, ScoreValue
 from workers.scorers.registry import (
     ResolvedScorer,

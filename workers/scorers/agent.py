@@ -8,9 +8,8 @@ from typing import Any
 
 from workers.errors import ScorerError
 from workers.scorers.base import Sample, ScorerFn, ScoreValue
+from workers.scorers.checks import check_bool, check_bounds, json_equal
 from workers.scorers.registry import register_scorer
-from workers.scorers.structured import json_equal
-from workers.scorers.text import check_bool, check_bounds
 
 MAX_LISTED_TOOLS = 10
 

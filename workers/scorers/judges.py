@@ -22,6 +22,7 @@ from models.settings import Settings, get_settings
 from workers.errors import ScorerError
 from workers.llm.calls import call_model
 from workers.scorers.base import Sample, ScorerFn, ScoreValue
+from workers.scorers.checks import output_text
 from workers.scorers.registry import register_scorer
 
 DEFAULT_PARAMS: dict[str, Any] = {"temperature": 0, "seed": 42, "drop_params": True,
@@ -215,12 +216,6 @@ def _criteria(criteria: Any) -> str:
     return criteria.strip()
 
 
-def _output(sample: Sample, scorer: str) -> str:
-    if sample.output is None:
-        raise ScorerError(f"{scorer}: the target produced no text output")
-    return sample.output
-
-
 def _scaled(session: JudgeSession, answer: dict[str, Any], lo: int, hi: int,
             threshold: float, metadata: dict[str, Any]) -> ScoreValue:
     raw = int(answer["score"])
@@ -247,7 +242,8 @@ def llm_rubric(*, criteria: str, scale_min: int = 1, scale_max: int = 5,
         session = judge()
         answer = await session.ask(
             shape, "Evaluate the output against the criteria.", _tag("criteria", criteria),
-            _tag("input", sample.input), *expected, _tag("output", _output(sample, "llm_rubric")),
+            _tag("input", sample.input), *expected,
+            _tag("output", output_text(sample, "llm_rubric")),
             f"Score from {scale_min} (does not meet the criteria) to {scale_max} (fully meets "
             "them).")
         return _scaled(session, answer, scale_min, scale_max, pass_threshold, {})
@@ -274,7 +270,7 @@ def llm_correctness(*, model: str | None = None, api_base: str | None = None,
                                  if len(refs) > 1 else "")
             + ". Judge facts only, not style, length or wording.",
             _tag("input", sample.input), *(_tag("reference", r) for r in refs),
-            _tag("output", _output(sample, "llm_correctness")),
+            _tag("output", output_text(sample, "llm_correctness")),
             '"correct": agrees with the reference and is complete; "partially_correct": partly '
             'right, or misses part of it; "incorrect": contradicts the reference or misses the '
             "point.")
@@ -305,7 +301,7 @@ def llm_pairwise(*, criteria: str = "Which response better answers the input?",
     judge, shape = judge_for(model, api_base, params), choice_shape("winner", ("A", "B", "tie"))
 
     async def score(sample: Sample) -> ScoreValue:
-        candidate = _output(sample, "llm_pairwise")
+        candidate = output_text(sample, "llm_pairwise")
         other, source = _baseline(baseline, sample)
         session = judge()
         verdicts: list[dict[str, Any]] = []
@@ -358,7 +354,7 @@ def g_eval(*, criteria: str, steps: list[str] | None = None, scale_min: int = 1,
         answer = await session.ask(
             shape, "Evaluate the output.", f"Evaluation criteria:\n{criteria}",
             f"Evaluation steps:\n{numbered}", _tag("input", sample.input),
-            _tag("output", _output(sample, "g_eval")),
+            _tag("output", output_text(sample, "g_eval")),
             f"Follow the evaluation steps, then score from {scale_min} (worst) to {scale_max} "
             "(best).")
         return _scaled(session, answer, scale_min, scale_max, pass_threshold,

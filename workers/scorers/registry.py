@@ -8,6 +8,11 @@ Data is never code: a spec that comes from a dataset (a test case's assertions) 
 with `bind_from_data`, which knows registered scorers only and refuses a `module:function`
 path without importing it. Only the operator's own specs (`--scorer`, the Python API's
 `scorers=`) may name code to import.
+
+The registry knows no scorer by itself: a scorer module registers its factories with
+`@register_scorer` when it is imported (the package `workers.scorers` imports the
+built-in ones), and scorers of other packages come from the `evalq.scorers` entry points,
+loaded at the first lookup.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import Any
 
 from workers.errors import ScorerConfigError, UnknownScorer
@@ -73,22 +79,6 @@ def register_scorer(
     return decorate
 
 
-def _load_builtins() -> None:
-    # Importing these modules registers the built-in scorers.
-    from workers.scorers import (  # noqa: F401
-        agent,
-        deterministic,
-        judges,
-        online_judges,
-        semantic,
-        steel_thread,
-        structured,
-        text,
-    )
-
-    _load_entry_points()
-
-
 _entry_points_loaded = False
 
 
@@ -100,8 +90,6 @@ def _load_entry_points() -> None:
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
-    from importlib.metadata import entry_points
-
     for ep in entry_points(group="evalq.scorers"):
         try:
             obj = ep.load()
@@ -117,7 +105,7 @@ def _load_entry_points() -> None:
 
 def known_scorers() -> dict[str, ScorerInfo]:
     """Every registered scorer by name."""
-    _load_builtins()
+    _load_entry_points()
     return dict(sorted(_REGISTRY.items()))
 
 
@@ -185,7 +173,7 @@ def lookup(name: str, *, allow_import: bool = True) -> ScorerInfo:
     """The registered scorer called `name`, or with `allow_import` (the operator's own
     specs only) the scorer at a `module:attr` dotted path, imported. Without it, a dotted
     path is refused and never imported."""
-    _load_builtins()
+    _load_entry_points()
     if not allow_import:
         info = _REGISTRY.get(name)
         if info is not None:

@@ -12,6 +12,7 @@ from models.settings import get_settings
 from workers.errors import ScorerError
 from workers.llm.calls import redact, retry_policy, setup_litellm
 from workers.scorers.base import Sample, ScorerFn, ScoreValue
+from workers.scorers.checks import output_text
 from workers.scorers.registry import register_scorer
 
 
@@ -68,13 +69,12 @@ def embedding_similarity(*, value: Any = None, threshold: float = 0.8,
         refs = [_text(r) for r in (reference if isinstance(reference, list) else [reference])]
         if not refs or not all(r.strip() for r in refs):
             raise ScorerError("embedding_similarity: a reference text is empty")
-        if sample.output is None:
-            raise ScorerError("embedding_similarity: the target produced no text output")
+        output = output_text(sample, "embedding_similarity")
         settings = get_settings()
         used_model = model or settings.embedding_model
-        if not sample.output.strip():
+        if not output.strip():
             return ScoreValue(0.0, False, "empty output", judge_model=used_model)
-        litellm = setup_litellm()
+        litellm = setup_litellm()  # lazy: imports litellm (~3 s) on the first call only
         kwargs: dict[str, Any] = {"timeout": settings.request_timeout_s}
         if base := api_base or settings.judge_api_base:
             kwargs["api_base"] = base
@@ -83,7 +83,7 @@ def embedding_similarity(*, value: Any = None, threshold: float = 0.8,
                 with attempt:
                     started = time.perf_counter()
                     response = await litellm.aembedding(
-                        model=used_model, input=[sample.output, *refs], **kwargs)
+                        model=used_model, input=[output, *refs], **kwargs)
                     latency_ms = (time.perf_counter() - started) * 1000
         except Exception as exc:  # noqa: BLE001 - a failed call means "could not score"
             raise ScorerError(f"embedding_similarity: {used_model} call failed: "

@@ -14,37 +14,23 @@ from referencing.exceptions import Unresolvable
 
 from workers.errors import ScorerError
 from workers.scorers.base import Sample, ScorerFn, ScoreValue
-from workers.scorers.deterministic import (
-    _clip,
-    _output,
+from workers.scorers.bounded_regex import (
     bounded_match,
     compile_pattern,
+    quote_pattern,
     regex_budget,
 )
+from workers.scorers.checks import check_number, json_equal, output_text
 from workers.scorers.registry import register_scorer
-from workers.scorers.text import check_number
 
 MAX_LISTED_ERRORS = 3
 _MISSING = object()
 
 
-def json_equal(a: Any, b: Any) -> bool:
-    """Equality of JSON values: 1 == 1.0, but true != 1 and "1" != 1."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return isinstance(a, bool) and isinstance(b, bool) and a == b
-    if isinstance(a, int | float) and isinstance(b, int | float):
-        return a == b
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
-    return type(a) is type(b) and bool(a == b)
-
-
 def _parse_json(sample: Sample, scorer: str) -> tuple[Any, str | None]:
     """(parsed output, None) or (None, why it is not JSON)."""
     try:
-        return json.loads(_output(sample, scorer)), None
+        return json.loads(output_text(sample, scorer)), None
     except json.JSONDecodeError as exc:
         return None, f"output is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
     except (ValueError, RecursionError) as exc:
@@ -87,7 +73,7 @@ def _schema_regex(pattern: Any) -> Any:
     try:
         return compile_pattern(pattern)
     except (TypeError, ValueError) as exc:
-        raise ScorerError(f"json_schema: pattern {_clip(str(pattern))} cannot be used: "
+        raise ScorerError(f"json_schema: pattern {quote_pattern(str(pattern))} cannot be used: "
                           f"{exc}") from None
 
 
@@ -155,7 +141,7 @@ def _bounded_validator(schema: dict[str, Any]) -> Any:
         try:
             compile_pattern(pattern)
         except ValueError as exc:
-            raise ValueError(f"invalid regular expression {_clip(pattern)} in the schema: "
+            raise ValueError(f"invalid regular expression {quote_pattern(pattern)} in the schema: "
                              f"{exc}") from None
     bounded = {k: fn for k, fn in _BOUNDED_KEYWORDS.items() if k in cls.VALIDATORS}
     return extend(cls, bounded)(schema)
@@ -290,7 +276,7 @@ def numeric(*, value: Any = None, abs_tol: float | None = None,
         want = _as_number(reference)
         if want is None:
             raise ScorerError(f"numeric: expected {_short(reference)} is not a number")
-        got = parse_number(_output(sample, "numeric"), anywhere=True)
+        got = parse_number(output_text(sample, "numeric"), anywhere=True)
         if got is None:
             return ScoreValue(0.0, False, f"no number in the output (expected {want:.15g})")
         ok = math.isclose(got, want, rel_tol=relative, abs_tol=absolute)

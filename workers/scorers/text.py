@@ -3,49 +3,25 @@
 from __future__ import annotations
 
 import difflib
-import math
 import unicodedata
 from collections.abc import Callable
 from typing import Any
 
 from workers.errors import ScorerError
 from workers.scorers.base import Sample, ScorerFn, ScoreValue
-from workers.scorers.deterministic import _output, _targets
+from workers.scorers.checks import (
+    check_bool,
+    check_bounds,
+    check_number,
+    output_text,
+    reference_texts,
+)
 from workers.scorers.registry import register_scorer
 
 MAX_LEVENSHTEIN_CHARS = 5_000
 
 
-# --- parameter checks, shared by the other scorer modules --------------------------------------
-
-def check_bool(name: str, value: Any) -> bool:
-    """`value` if it is a boolean, else TypeError (a JSON "false" string is not one)."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be true or false, got {value!r}")
-    return value
-
-
-def check_number(name: str, value: Any, *, low: float | None = 0.0,
-                 high: float | None = None) -> float:
-    """`value` as a float if it is a number within [low, high], else TypeError/ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        span = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise ValueError(f"{name} must be {span}, got {value}")
-    return float(value)
-
-
-def check_bounds(low_name: str, low: Any, high_name: str, high: Any) -> None:
-    """Optional non-negative integer bounds with low <= high."""
-    for name, bound in ((low_name, low), (high_name, high)):
-        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int)):
-            raise TypeError(f"{name} must be a whole number, got {bound!r}")
-        if bound is not None and bound < 0:
-            raise ValueError(f"{name} must be at least 0, got {bound}")
-    if low is not None and high is not None and low > high:
-        raise ValueError(f"{low_name} ({low}) is greater than {high_name} ({high})")
-
+# --- helpers ----------------------------------------------------------------------------------
 
 def _check_reference(name: str, value: Any, *, list_only: bool = False) -> None:
     if list_only and value is not None and not isinstance(value, list):
@@ -74,8 +50,8 @@ def contains_all(*, values: list[Any] | None = None, ignore_case: bool = True) -
     check_bool("ignore_case", ignore_case)
 
     def score(sample: Sample) -> ScoreValue:
-        out = _fold(_output(sample, "contains_all"), ignore_case)
-        refs = _targets(values, sample, "contains_all")
+        out = _fold(output_text(sample, "contains_all"), ignore_case)
+        refs = reference_texts(values, sample, "contains_all")
         missing = [r for r in refs if _fold(r, ignore_case) not in out]
         meta = {"missing": missing}
         if not missing:
@@ -93,8 +69,8 @@ def contains_any(*, values: list[Any] | None = None, ignore_case: bool = True) -
     check_bool("ignore_case", ignore_case)
 
     def score(sample: Sample) -> ScoreValue:
-        out = _fold(_output(sample, "contains_any"), ignore_case)
-        refs = _targets(values, sample, "contains_any")
+        out = _fold(output_text(sample, "contains_any"), ignore_case)
+        refs = reference_texts(values, sample, "contains_any")
         hit = next((r for r in refs if _fold(r, ignore_case) in out), None)
         if hit is not None:
             return ScoreValue(1.0, True, f"output contains {hit[:80]!r}")
@@ -114,8 +90,8 @@ def starts_with(*, value: Any = None, ignore_case: bool = False, strip: bool = T
         return _fold(text.strip() if strip else text, ignore_case)
 
     def score(sample: Sample) -> ScoreValue:
-        out = prepare(_output(sample, "starts_with"))
-        refs = _targets(value, sample, "starts_with")
+        out = prepare(output_text(sample, "starts_with"))
+        refs = reference_texts(value, sample, "starts_with")
         hit = next((r for r in refs if out.startswith(prepare(r))), None)
         if hit is not None:
             return ScoreValue(1.0, True, f"output starts with {hit[:80]!r}")
@@ -177,8 +153,8 @@ def _similarity_scorer(name: str, measure: Callable[[str, str], float], value: A
     check_bool("ignore_case", ignore_case)
 
     def score(sample: Sample) -> ScoreValue:
-        out = _fold(_output(sample, name), ignore_case)
-        refs = _targets(value, sample, name)
+        out = _fold(output_text(sample, name), ignore_case)
+        refs = reference_texts(value, sample, name)
         scored = [(measure(out, _fold(r, ignore_case)), r) for r in refs]
         best, best_ref = max(scored, key=lambda pair: pair[0])  # the first of equals
         best = min(1.0, max(0.0, best))
@@ -216,7 +192,7 @@ def length(*, min_chars: int | None = None, max_chars: int | None = None,
     check_bounds("min_words", min_words, "max_words", max_words)
 
     def score(sample: Sample) -> ScoreValue:
-        text = _output(sample, "length").strip()
+        text = output_text(sample, "length").strip()
         chars, words = len(text), len(text.split())
         problems = []
         for count, unit, low, high in ((chars, "characters", min_chars, max_chars),

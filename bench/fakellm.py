@@ -1,6 +1,6 @@
 """A fake OpenAI-compatible HTTP server for the test suite and the benchmarks.
 
-Run ``python -m tests.fakellm --port 0``: it prints ``FAKELLM_PORT=<port>`` and serves
+Run ``python -m bench.fakellm --port 0``: it prints ``FAKELLM_PORT=<port>`` and serves
 ``/v1/chat/completions`` and ``/v1/embeddings`` until SIGTERM/SIGINT. Tests script answers
 and faults through ``/_control/*``; :class:`FakeLLM` is a stdlib-only handle on such a
 subprocess (aiohttp is imported by the server side only).
@@ -353,7 +353,7 @@ class Handlers:
 
 async def serve(host: str, port: int, latency_ms: float, seed: int) -> None:
     """Serve until SIGTERM/SIGINT, after printing the bound port on stdout."""
-    from aiohttp import web
+    from aiohttp import web  # lazy: the FakeLLM handle (tests) needs the stdlib only
 
     app = Handlers(State(latency_ms, seed), web).app()
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handler_cancellation=True)
@@ -371,7 +371,7 @@ async def serve(host: str, port: int, latency_ms: float, seed: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.fakellm", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.fakellm", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--latency-ms", type=float, default=0.0)
@@ -391,11 +391,11 @@ class FakeLLM:
 
     @classmethod
     def start(cls, *, latency_ms: float = 0, seed: int = 0, timeout: float = 15) -> FakeLLM:
-        """Spawn ``python -m tests.fakellm`` from the repo root and wait for its port line."""
+        """Spawn ``python -m bench.fakellm`` from the repo root and wait for its port line."""
         args = f"--port 0 --host 127.0.0.1 --latency-ms {latency_ms} --seed {seed}".split()
         stderr = tempfile.TemporaryFile()
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.fakellm", *args],
+            [sys.executable, "-m", "bench.fakellm", *args],
             cwd=Path(__file__).resolve().parent.parent,
             stdout=subprocess.PIPE,
             stderr=stderr,
