@@ -20,6 +20,7 @@ from models.tables import (
     Experiment,
     ExperimentStatus,
     ProductionRun,
+    ProductionRunCreate,
     Result,
     ResultCreate,
     ResultStatus,
@@ -309,13 +310,13 @@ def stored_items(*, session: Session, dataset_id: int) -> list[DatasetItem]:
     )
 
 
-def insert_runs(*, session: Session, rows_in: Sequence[dict[str, Any]]) -> int:
+def insert_runs(*, session: Session, rows_in: Sequence[ProductionRunCreate]) -> int:
     """Insert production runs, skipping (source, external_id) pairs already stored.
     Returns how many were new."""
     if not rows_in:
         return 0
     now = utcnow()
-    rows = [{**r, "ingested_at": now} for r in rows_in]
+    rows = [{**r.model_dump(), "ingested_at": now} for r in rows_in]
     inserted = session.execute(
         dialect_insert(session, ProductionRun)
         .values(rows)

@@ -244,19 +244,11 @@ class ClaimStatus(StrEnum):
     DONE = "done"  # scored (every scorer of the evaluator has a Score)
 
 
-# One ingested production run: an LLM call, or an agent's plan and plan run.
-class ProductionRun(SQLModel, table=True):
-    __tablename__ = "production_run"
-    __table_args__ = (
-        sa.UniqueConstraint("source", "external_id", name="uq_run_source_external_id"),
-        sa.Index("ix_production_run_created_at", "created_at"),
-    )
-
-    id: int | None = Field(default=None, primary_key=True)
+# A production run as ingestion writes it: an LLM call, or an agent's plan and plan run.
+class ProductionRunCreate(SQLModel):
     source: str = Field(max_length=200)  # the producing service or app
     external_id: str = Field(max_length=200)  # the producer's own run id
     created_at: datetime = _ts()  # when the run happened (the producer's clock)
-    ingested_at: datetime = _ts()
     input: Any = _json()
     output: Any = _json()
     plan: Any = _json()  # e.g. a Portia plan: {"steps": [{"task", "tool_id", ...}]}
@@ -267,6 +259,18 @@ class ProductionRun(SQLModel, table=True):
     model: str | None = Field(default=None, max_length=200)
     cost_usd: float | None = None
     meta: dict[str, Any] | None = _json()  # user, tags, environment...
+
+
+# One ingested production run.
+class ProductionRun(ProductionRunCreate, table=True):
+    __tablename__ = "production_run"
+    __table_args__ = (
+        sa.UniqueConstraint("source", "external_id", name="uq_run_source_external_id"),
+        sa.Index("ix_production_run_created_at", "created_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    ingested_at: datetime = _ts()
 
 
 # An online scoring rule ("stream"): which runs, how many, how often, with what scorers.

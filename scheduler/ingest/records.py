@@ -30,6 +30,7 @@ from models.crud import insert_runs
 from models.db import session_scope
 from models.errors import DatabaseUnavailable
 from models.migrate import prepare_database
+from models.tables import ProductionRunCreate
 from scheduler.errors import DatasetFormatError, InputError, InvalidRun, StoreFailed
 from scheduler.experiments.dataset_file import (
     MAX_JSON_DEPTH,
@@ -105,8 +106,8 @@ def _portia_steps(plan: dict[str, Any], plan_run: dict[str, Any] | None) -> list
     return steps
 
 
-def to_row(run: RunIn, default_source: str) -> dict[str, Any]:
-    """The ProductionRun fields of a run from `parse_run` (which refused what cannot be
+def to_row(run: RunIn, default_source: str) -> ProductionRunCreate:
+    """The ProductionRun of a run from `parse_run` (which refused what cannot be
     stored), with Portia plans and plan runs unpacked. Raises InvalidRun when a plan or
     plan run is not in Portia's shape, or the default source cannot be stored."""
     if run.source is None:
@@ -128,7 +129,7 @@ def check_source(source: str) -> None:
         raise InvalidRun([("source", problem)])
 
 
-def _unpack(run: RunIn, default_source: str) -> dict[str, Any]:
+def _unpack(run: RunIn, default_source: str) -> ProductionRunCreate:
     plan, plan_run = run.plan or {}, run.plan_run or {}
     final = ((plan_run.get("outputs") or {}).get("final_output")) or {}
     steps = run.steps if run.steps is not None else (_portia_steps(plan, plan_run) or None)
@@ -142,22 +143,23 @@ def _unpack(run: RunIn, default_source: str) -> dict[str, Any]:
     if plan_run.get("plan_id") or plan.get("id"):
         meta.setdefault("plan_id", plan_run.get("plan_id") or plan.get("id"))
     # Stored as sent: "" stays "" and {} stays {}; only what is missing is filled in.
-    return {
-        "source": run.source or default_source,
-        "external_id": run.id,
-        "created_at": run.created_at or datetime.now(UTC),
-        "input": run.input if run.input is not None
+    # (Validated already: parse_run refused whatever the database cannot store.)
+    return ProductionRunCreate.model_construct(
+        source=run.source or default_source,
+        external_id=run.id,
+        created_at=run.created_at or datetime.now(UTC),
+        input=run.input if run.input is not None
         else (plan.get("plan_context") or {}).get("query"),
-        "output": run.output if run.output is not None else final.get("value"),
-        "plan": run.plan,
-        "steps": steps,
-        "tool_calls": tool_calls,
-        "status": run.status if run.status is not None else plan_run.get("state"),
-        "latency_ms": run.latency_ms,
-        "model": run.model,
-        "cost_usd": run.cost_usd,
-        "meta": meta if meta or run.metadata is not None else None,
-    }
+        output=run.output if run.output is not None else final.get("value"),
+        plan=run.plan,
+        steps=steps,
+        tool_calls=tool_calls,
+        status=run.status if run.status is not None else plan_run.get("state"),
+        latency_ms=run.latency_ms,
+        model=run.model,
+        cost_usd=run.cost_usd,
+        meta=meta if meta or run.metadata is not None else None,
+    )
 
 
 def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
@@ -215,7 +217,7 @@ def record_run(run: dict[str, Any] | RunIn, *, source: str = DEFAULT_SOURCE) -> 
     return record_runs([run], source=source).inserted == 1
 
 
-def store_rows(rows: Sequence[dict[str, Any]]) -> IngestSummary:
+def store_rows(rows: Sequence[ProductionRunCreate]) -> IngestSummary:
     """Store rows made by `to_row(parse_run(...))`, in chunks of _CHUNK (one transaction
     each). A database error is a StoreFailed saying how many runs were stored before it."""
     summary = IngestSummary()
@@ -266,7 +268,7 @@ def ingest_file(path: str | Path, *, source: str = DEFAULT_SOURCE,
         check_source(source)
     except InvalidRun as exc:
         raise InputError(f"--source {exc.problems[0][1]}") from None
-    rows: list[dict[str, Any]] = []
+    rows: list[ProductionRunCreate] = []
     errors: list[str] = []
     try:
         stream = Path(path).open("rb")

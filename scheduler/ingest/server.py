@@ -36,6 +36,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from models.errors import StorageError
 from models.settings import Settings, get_settings
+from models.tables import ProductionRunCreate
 from scheduler.errors import InputError, InvalidRun, StoreFailed
 from scheduler.experiments.dataset_file import MAX_JSON_DEPTH
 from scheduler.ingest.records import DEFAULT_SOURCE, check_source, parse_run, store_rows, to_row
@@ -127,7 +128,7 @@ def _payload_runs(body: bytes) -> list[Any]:
     return payload["runs"]
 
 
-def _validated(index: int, item: Any, source: str) -> dict[str, Any]:
+def _validated(index: int, item: Any, source: str) -> ProductionRunCreate:
     """One run's row (validated, its Portia plan unpacked), or 422 naming index and field."""
     where = f"runs[{index}]"
     try:

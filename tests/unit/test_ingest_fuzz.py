@@ -71,13 +71,13 @@ def test_any_payload_is_a_storable_row_or_an_invalid_run(payload):
         assert exc.problems and all(problem for _, problem in exc.problems)
         message.encode("ascii")  # hostile text is named and escaped, never copied
         return
-    assert row["external_id"] and row["source"]
+    assert row.external_id and row.source
     for key in ("source", "external_id", "status", "model", "input", "output", "plan",
                 "steps", "tool_calls", "meta"):
-        assert_storable(row[key])
-    assert EARLIEST_TIME <= row["created_at"] <= LATEST_TIME
-    json.dumps({k: row[k] for k in ("input", "output", "plan", "steps", "tool_calls", "meta")},
-               allow_nan=False)
+        assert_storable(getattr(row, key))
+    assert EARLIEST_TIME <= row.created_at <= LATEST_TIME
+    json.dumps({k: getattr(row, k) for k in ("input", "output", "plan", "steps", "tool_calls",
+                                             "meta")}, allow_nan=False)
 
 
 @pytest.mark.parametrize("run, field, words", [
@@ -112,12 +112,12 @@ def test_hostile_values_name_their_field(run: dict[str, Any], field: str, words:
     ("2026-03-01T12:00:00-05:00", datetime(2026, 3, 1, 17, tzinfo=UTC)),
 ])
 def test_times_inside_the_range_are_kept_in_utc(created_at: str, stored: datetime):
-    assert to_row(parse_run({"id": "a", "created_at": created_at}), "s")["created_at"] == stored
+    assert to_row(parse_run({"id": "a", "created_at": created_at}), "s").created_at == stored
 
 
 def test_a_depth_of_exactly_the_limit_is_stored():
     value = nested(MAX_JSON_DEPTH, "leaf")
-    assert to_row(parse_run({"id": "a", "input": value}), "s")["input"] == value
+    assert to_row(parse_run({"id": "a", "input": value}), "s").input == value
 
 
 def test_runs_given_as_runin_objects_are_checked_too():

@@ -21,7 +21,7 @@ from models.aggregates import window_moments, window_start
 from models.claims import claim_batch, due_evaluator_ids
 from models.crud import insert_runs
 from models.db import get_engine, session_scope
-from models.tables import OnlineEvaluator, Score, SubjectType, utcnow
+from models.tables import OnlineEvaluator, ProductionRunCreate, Score, SubjectType, utcnow
 from models.types import UTCDateTime
 
 T0 = datetime(2026, 3, 1, 17, 45, 12, 345678, tzinfo=timezone(timedelta(hours=5, minutes=30)))
@@ -47,10 +47,11 @@ def _filler(column: sa.Column[Any], n: int) -> Any:
     return next(value for kind, value in fillers if isinstance(type_, kind))
 
 
-def _written(n: int) -> datetime:
-    """The n-th timestamp written: distinct per column, in one of ZONES (naive: UTC)."""
+def _written(n: int, k: int) -> datetime:
+    """A timestamp distinct per column (n: the column's place), in the k-th of ZONES
+    (round robin over the timestamp columns; naive: UTC)."""
     value = T0 + timedelta(seconds=n, microseconds=n)
-    zone = ZONES[n % len(ZONES)]
+    zone = ZONES[k % len(ZONES)]
     return value.astimezone(UTC).replace(tzinfo=None) if zone is None else value.astimezone(zone)
 
 
@@ -86,7 +87,7 @@ def test_every_timestamp_round_trips_aware_utc(engine: Engine):
     what was written, and found by an SQL comparison with the same instant elsewhere."""
     written: dict[str, dict[str, datetime]] = {}
     ids: dict[Any, Any] = {}  # table -> primary key of its row
-    n = 0
+    n = k = 0
     tables = _timestamp_tables()
     parents = {fk.column.table for t in tables for fk in t.foreign_keys}
     with engine.begin() as conn:
@@ -100,7 +101,8 @@ def test_every_timestamp_round_trips_aware_utc(engine: Engine):
                 if foreign is not None:
                     row[column.name] = ids[foreign.column.table]
                 elif _is_datetime(column):
-                    row[column.name] = _written(n)
+                    row[column.name] = _written(n, k)
+                    k += 1
                 elif column.primary_key and column.autoincrement in (True, "auto") \
                         and isinstance(column.type, sa.Integer):
                     continue
@@ -164,7 +166,8 @@ def test_claim_batch_compares_stored_times(db_url: str):
     SQLite."""
     with session_scope() as session:
         insert_runs(session=session, rows_in=[
-            {"source": "s", "external_id": f"r{i}", "created_at": utcnow() - timedelta(minutes=5)}
+            ProductionRunCreate(source="s", external_id=f"r{i}",
+                                created_at=utcnow() - timedelta(minutes=5))
             for i in range(3)])
     now = utcnow()  # after the runs were ingested: they are settled
     with session_scope() as session:

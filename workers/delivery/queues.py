@@ -6,9 +6,9 @@ from enum import StrEnum
 class Queue(StrEnum):
     """Celery queues that evalq's tasks are routed to."""
 
-    OFFLINE = "evalq.offline"  # one task per (dataset item, repeat) of an experiment
+    OFFLINE = "evalq.offline"  # chunks of (dataset item, repeat)s of experiments; rescores
     ONLINE = "evalq.online"  # scoring of production runs (online evaluators)
-    CONTROL = "evalq.control"  # beat ticks and housekeeping
+    CONTROL = "evalq.control"  # the online tick
 
 
 ALL_QUEUES = ",".join(q.value for q in Queue)
@@ -16,13 +16,10 @@ ALL_QUEUES = ",".join(q.value for q in Queue)
 
 # Where each task is routed (celery_app's task_routes is built from this).
 TASK_QUEUES: dict[str, Queue] = {
-    "evalq.run_item": Queue.OFFLINE,
     "evalq.run_items": Queue.OFFLINE,
     "evalq.rescore_result": Queue.OFFLINE,
-    "evalq.score_run": Queue.ONLINE,
     "evalq.score_runs": Queue.ONLINE,
     "evalq.online_tick": Queue.CONTROL,
-    "evalq.sweep_stalled": Queue.CONTROL,
 }
 
 

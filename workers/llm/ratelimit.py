@@ -183,14 +183,14 @@ class Bucket:
 
 
 @dataclass(frozen=True)
-class Plan:
+class ModelBuckets:
     """The buckets of one limited model."""
 
     requests: Bucket
     tokens: Bucket
 
     @classmethod
-    def of(cls, limit: Limit) -> Plan:
+    def of(cls, limit: Limit) -> ModelBuckets:
         return cls(Bucket.for_limit(limit.rpm, 1.0), Bucket.for_limit(limit.tpm, 1.0))
 
 
@@ -266,22 +266,22 @@ class RateLimiter:
     """The interface `call_model` uses; subclasses keep the buckets somewhere."""
 
     def __init__(self, limits: Mapping[str, Limit]) -> None:
-        self.plans = {model: Plan.of(limit) for model, limit in limits.items()}
+        self.buckets = {model: ModelBuckets.of(limit) for model, limit in limits.items()}
 
     def limited(self, model: str) -> bool:
         """Whether calls of `model` go through the limiter at all."""
-        return model in self.plans
+        return model in self.buckets
 
     async def acquire(self, model: str, est_tokens: float = 0.0,
                       prompt_tokens: float = 0.0) -> Ticket | None:
         """Wait (asyncio.sleep) until `model` may take one more request of `est_tokens`,
         and charge it. None for an unlimited model (no Redis round trip)."""
-        plan = self.plans.get(model)
-        if plan is None:
+        buckets = self.buckets.get(model)
+        if buckets is None:
             return None
-        cost = est_tokens if plan.tokens.increment_ms else 0.0
+        cost = est_tokens if buckets.tokens.increment_ms else 0.0
         while True:
-            wait_ms = await self._try(model, plan, cost)
+            wait_ms = await self._try(model, buckets, cost)
             if wait_ms is None:
                 return Ticket(model, 0.0, 0.0, tracked=False)
             if wait_ms <= 0:
@@ -292,10 +292,10 @@ class RateLimiter:
         """Correct a ticket's token reservation to what the call really used."""
         if ticket is None or not ticket.tracked:
             return
-        plan = self.plans.get(ticket.model)
-        if plan is None or not plan.tokens.increment_ms or tokens == ticket.tokens:
+        buckets = self.buckets.get(ticket.model)
+        if buckets is None or not buckets.tokens.increment_ms or tokens == ticket.tokens:
             return
-        await self._adjust(ticket.model, (tokens - ticket.tokens) * plan.tokens.increment_ms)
+        await self._adjust(ticket.model, (tokens - ticket.tokens) * buckets.tokens.increment_ms)
         ticket.tokens = tokens
 
     async def release(self, ticket: Ticket | None) -> None:
@@ -306,10 +306,10 @@ class RateLimiter:
     async def pause(self, model: str, seconds: float) -> None:
         """Stop every client from calling `model` for `seconds` (a longer pause in force is
         kept). Applies to limited models only: they are the ones that acquire."""
-        if model in self.plans and seconds > 0:
+        if model in self.buckets and seconds > 0:
             await self._pause(model, math.ceil(seconds * 1000))
 
-    async def _try(self, model: str, plan: Plan, cost: float) -> float | None:
+    async def _try(self, model: str, buckets: ModelBuckets, cost: float) -> float | None:
         raise NotImplementedError
 
     async def _adjust(self, model: str, delta_ms: float) -> None:
@@ -335,14 +335,14 @@ class LocalRateLimiter(RateLimiter):
     def _now_ms() -> float:
         return time.monotonic() * 1000.0
 
-    async def _try(self, model: str, plan: Plan, cost: float) -> float | None:
+    async def _try(self, model: str, buckets: ModelBuckets, cost: float) -> float | None:
         with self._lock:
             now = self._now_ms()
             paused = self._paused_until.get(model, 0.0) - now
             if paused > 0:
                 return paused
             checks = [(kind, bucket, units) for kind, bucket, units in
-                      (("req", plan.requests, 1.0), ("tok", plan.tokens, cost))
+                      (("req", buckets.requests, 1.0), ("tok", buckets.tokens, cost))
                       if bucket.increment_ms]
             tats = {kind: max(self._tats.get((model, kind), now), now) for kind, _, _ in checks}
             wait = max([b.wait_ms(tats[k], now, u) for k, b, u in checks], default=0.0)
@@ -420,15 +420,15 @@ class RedisRateLimiter(RateLimiter):
 
     async def acquire(self, model: str, est_tokens: float = 0.0,
                       prompt_tokens: float = 0.0) -> Ticket | None:
-        if model not in self.plans:
+        if model not in self.buckets:
             return None
         gate = self._gates.setdefault(model, asyncio.Lock())
         async with gate:
             return await super().acquire(model, est_tokens, prompt_tokens)
 
-    async def _try(self, model: str, plan: Plan, cost: float) -> float | None:
-        args = [plan.requests.increment_ms, plan.requests.capacity_ms,
-                plan.tokens.increment_ms, plan.tokens.capacity_ms, cost]
+    async def _try(self, model: str, buckets: ModelBuckets, cost: float) -> float | None:
+        args = [buckets.requests.increment_ms, buckets.requests.capacity_ms,
+                buckets.tokens.increment_ms, buckets.tokens.capacity_ms, cost]
         result = await self._call("acquire", list(self.keys(model)), args)
         return None if result is None else float(result)
 
