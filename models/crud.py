@@ -110,13 +110,25 @@ def get_experiment(*, session: Session, experiment_id: int) -> Experiment:
 def mark_experiment(
     *, session: Session, experiment_id: int, status: ExperimentStatus, error: str | None = None
 ) -> None:
-    """Set an experiment's status (and error); stamps started/finished times."""
+    """Set an experiment's status (and error); stamps started/finished times.
+
+    RUNNING stamps `started_at` (the last (re)start) and clears `finished_at`; the first
+    start (`first_started_at`) is set once and kept across resumes and reruns."""
     values: dict[str, Any] = {"status": status, "error": error}
     if status == ExperimentStatus.RUNNING:
-        values["started_at"] = utcnow()
+        values.update(_restart_stamps())
     if status == ExperimentStatus.FAILED:
         values["finished_at"] = utcnow()
     session.execute(sa.update(Experiment).where(col(Experiment.id) == experiment_id).values(values))
+
+
+def _restart_stamps() -> dict[str, Any]:
+    """The values of an experiment's (re)start: this time as `started_at`, the first start
+    kept (a row from before migration 0006 takes its old `started_at`), not finished."""
+    now = utcnow()
+    return {"started_at": now, "finished_at": None,
+            "first_started_at": sa.func.coalesce(col(Experiment.first_started_at),
+                                                 col(Experiment.started_at), now)}
 
 
 def _counter_delta(status: str) -> tuple[int, int]:
@@ -328,7 +340,8 @@ def insert_runs(*, session: Session, rows_in: Sequence[ProductionRunCreate]) -> 
 
 def reset_failed_results(*, session: Session, experiment_id: int) -> list[tuple[int, int]]:
     """Delete an experiment's failed Results (with their Scores) so they can run again;
-    the experiment goes back to RUNNING. Returns the (item_id, repeat) pairs removed."""
+    the experiment goes back to RUNNING, restarted now (`started_at`; its first start is
+    kept). Returns the (item_id, repeat) pairs removed."""
     failed = session.execute(
         sa.select(col(Result.id), col(Result.item_id), col(Result.repeat))
         .where(col(Result.experiment_id) == experiment_id,
@@ -344,9 +357,19 @@ def reset_failed_results(*, session: Session, experiment_id: int) -> list[tuple[
     session.execute(
         sa.update(Experiment).where(col(Experiment.id) == experiment_id)
         .values(n_failed=Experiment.n_failed - len(ids), status=ExperimentStatus.RUNNING,
-                finished_at=None, error=None)
+                error=None, **_restart_stamps())
     )
     return [(r[1], r[2]) for r in failed]
+
+
+def result_status_counts(*, session: Session, experiment_id: int) -> dict[str, int]:
+    """How many Results of an experiment have each status (ok, error, skipped_budget);
+    statuses without a Result are absent."""
+    rows = session.execute(
+        sa.select(col(Result.status), sa.func.count())
+        .where(col(Result.experiment_id) == experiment_id)
+        .group_by(col(Result.status))).all()
+    return {str(status): int(n) for status, n in rows}
 
 
 def missing_results(*, session: Session, experiment_id: int) -> list[tuple[int, int]]:

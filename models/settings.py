@@ -156,6 +156,15 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(
         10.0, gt=0, description="Total deadline of one alert webhook POST (connect, send, "
         "answer), not per read.")
+    drift_min_n: int = Field(
+        10, ge=1, le=1_000_000, description="Online reports: a window (and the baseline) "
+        "needs at least this many scored runs for drift to be tested; below it the window's "
+        "drift is null (too few)."
+    )
+    alert_min_n: int = Field(
+        10, ge=1, le=1_000_000, description="Online alerts: a window fires only once it "
+        "holds at least this many scored runs (a mean of a few runs is mostly noise)."
+    )
     cache_url: str | None = Field(
         None, description="Redis URL of the response cache and of the shared rate limiter "
         "(default: the broker when it is Redis). Required for EVALQ_RATE_LIMITS with a RabbitMQ "

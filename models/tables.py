@@ -127,6 +127,9 @@ class Experiment(ExperimentBase, table=True):
                             sa_column_kwargs={"server_default": "auto"})
     max_cost_usd: float | None = None  # budget: no new model call once spent cost reaches it
     created_at: datetime = _ts()
+    # The first start, never restamped: the experiment's span is first_started_at to
+    # finished_at. started_at is the last (re)start (a resume or rerun stamps it again).
+    first_started_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
     started_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime())
 

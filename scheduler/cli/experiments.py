@@ -11,21 +11,26 @@ import sqlalchemy as sa
 import typer
 from sqlmodel import col
 
+from models.crud import get_experiment
 from models.db import session_scope
+from models.errors import NotFound
 from models.tables import ExperimentStatus, Result, ResultStatus
 from scheduler.api import wait_for_experiment
+from scheduler.checks import resolve_scorer_specs
 from scheduler.cli import render
 from scheduler.cli.common import emit_json, handle_errors, parse_scorer, warn_no_worker
 from scheduler.errors import InputError
+from scheduler.experiments.datasets import resolve_dataset
 from scheduler.experiments.reruns import rerun_failed, wait_for_rescore
 from scheduler.experiments.reruns import rescore as add_scorers
 from scheduler.experiments.reruns import resume as resume_run
 from scheduler.reports.compare import compare_experiments
 from scheduler.reports.experiment import build_report, experiment_report, load_items
-from scheduler.reports.gate import evaluate_gate, parse_thresholds
+from scheduler.reports.gate import check_labels, evaluate_gate, parse_thresholds
 from scheduler.reports.html import render_compare_html, render_experiment_html, write_html
 from scheduler.reports.junit import write_junit
 from workers.llm.calls import missing_credentials
+from workers.scoring import assertion_scorers
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 ExperimentId = Annotated[int, typer.Argument(help="Experiment id.")]
@@ -126,18 +131,70 @@ def _after_enqueue(experiment_id: int, count: int, what: str, wait: bool, as_jso
 def rescore(
     experiment_id: ExperimentId,
     scorer: Annotated[list[str], typer.Option(
-        "--scorer", "-s", help="Scorer to add (name or JSON spec), repeatable.")],
+        "--scorer", "-s", help="Scorer to add (name or JSON spec), repeatable. One the "
+        "experiment already has (same type, version and parameters) is not added again.")],
     as_json: AsJson = False,
 ) -> None:
     """Add scorers to a completed experiment, scoring its stored outputs (the target is
-    not called again)."""
-    labels = add_scorers(experiment_id, [parse_scorer(s) for s in scorer])
+    not called again). Idempotent: a scorer it already has is said and skipped."""
+    plan = add_scorers(experiment_id, [parse_scorer(s) for s in scorer])
     if not as_json:
-        render.err.print(f"experiment {experiment_id}: scoring with {', '.join(labels)}")
-    wait_for_rescore(experiment_id, labels)
+        for label in plan.present:
+            render.out.print(f"experiment {experiment_id} already has scorer {label} (same "
+                             "type, version and parameters): not added again",
+                             highlight=False, markup=False)
+        if plan.added:
+            render.err.print(f"experiment {experiment_id}: scoring with "
+                             f"{', '.join(plan.added)}", highlight=False, markup=False)
+    if not plan.added:
+        if as_json:
+            emit_json({"experiment_id": experiment_id, "added": [],
+                       "already_present": plan.present})
+        return
+    wait_for_rescore(experiment_id, plan.added)
     data = experiment_report(experiment_id)
-    emit_json({"experiment_id": experiment_id, "added": labels, "report": data}) \
+    emit_json({"experiment_id": experiment_id, "added": plan.added,
+               "already_present": plan.present, "report": data}) \
         if as_json else render.print_report(data)
+
+
+def run_labels(dataset: str, scorers: list[str | dict[str, Any]] | None) -> list[str] | None:
+    """The scorer labels a run of `dataset` will have, as enqueue_offline_run resolves
+    them: its scorers' labels (given, or the default: exact_match when every case has an
+    expected answer, else none) and the assert:TYPE labels of the cases' assertions.
+    None when the run would score nothing (enqueue refuses it, saying why)."""
+    parsed = resolve_dataset(dataset)
+    if scorers is None:
+        if all(item["expected"] is not None for item in parsed.items):
+            scorers = ["exact_match"]
+        elif any(item["assertions"] for item in parsed.items):
+            scorers = []
+        else:
+            return None
+    labels = [s.label for s in resolve_scorer_specs(scorers)]
+    for item in parsed.items:
+        labels += [s.label for s in assertion_scorers(item["assertions"] or [])]
+    return sorted(set(labels))
+
+
+def check_gate(dataset: str, scorers: list[str | dict[str, Any]] | None, *,
+               fail_under: list[str], baseline: int | None, fail_on_regression: bool) -> None:
+    """The gate options of `evalq run`, checked before anything is enqueued (InputError,
+    exit 2): thresholds well formed and naming scorers of the run, --fail-on-regression
+    with a --baseline that exists."""
+    if fail_on_regression and baseline is None:
+        raise InputError("--fail-on-regression needs --baseline EXPERIMENT_ID")
+    thresholds = parse_thresholds(fail_under)
+    if baseline is not None:
+        try:
+            with session_scope() as session:
+                get_experiment(session=session, experiment_id=baseline)
+        except NotFound as exc:
+            raise InputError(f"--baseline {baseline}: {exc}") from None
+    if thresholds:
+        labels = run_labels(dataset, scorers)
+        if labels is not None:
+            check_labels(thresholds, labels)
 
 
 def run_gate(report_data: dict[str, Any], *, fail_under: list[str], baseline: int | None,
@@ -206,7 +263,8 @@ def _say(text: str) -> None:
 def run_exit_code(report_data: dict[str, Any], gate: Any, *, max_failures: int = 0) -> int:
     """The exit code of `evalq run` once the experiment is over: 1 when it failed (said on
     stderr with its reason and what to do), when more than `max_failures` items failed,
-    or when the gate failed; else 0."""
+    when its cost budget ran out before every item ran (budget_exceeded: the scores cover
+    only the items that ran), or when the gate failed; else 0."""
     experiment_id = report_data["experiment_id"]
     counts = report_data["counts"]
     if report_data["status"] == ExperimentStatus.FAILED:
@@ -222,6 +280,14 @@ def run_exit_code(report_data: dict[str, Any], gate: Any, *, max_failures: int =
              f"{experiment_id} failed ({kinds}), more than --max-failures {max_failures}; "
              f"first: {first[:1000]}")
         _say(f"next: {next_step(first, experiment_id)}")
+        return 1
+    if report_data["status"] == ExperimentStatus.BUDGET_EXCEEDED:
+        budget = report_data.get("budget_usd")
+        _say(f"error: experiment {experiment_id} spent its budget (--max-cost "
+             f"{budget if budget is not None else '?'} USD): {counts.get('skipped_budget', 0)} "
+             f"of {counts['total']} items were not run; its scores cover the "
+             f"{counts['done']} that ran")
+        _say("next: run again with a larger --max-cost (or none)")
         return 1
     return 0 if gate is None or gate.ok else 1
 

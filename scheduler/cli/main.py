@@ -15,11 +15,11 @@ import typer
 from rich.markup import escape
 from sqlmodel import col, select
 
-from models.crud import headline_scores, list_experiments
+from models.crud import headline_scores, list_experiments, result_status_counts
 from models.db import get_engine, safe_url, session_scope
 from models.migrate import current_revision, head_revision, upgrade
 from models.settings import get_settings
-from models.tables import Dataset
+from models.tables import Dataset, ResultStatus
 from scheduler.api import wait_for_experiment
 from scheduler.cli import render
 from scheduler.cli.common import (
@@ -30,7 +30,7 @@ from scheduler.cli.common import (
     warn_no_worker,
 )
 from scheduler.cli.evaluators import online_app
-from scheduler.cli.experiments import MaxFailures, run_exit_code, run_gate
+from scheduler.cli.experiments import MaxFailures, check_gate, run_exit_code, run_gate
 from scheduler.cli.experiments import register as register_experiment_commands
 from scheduler.cli.ingest import register as register_ingest_commands
 from scheduler.cli.workers import print_liveness
@@ -126,14 +126,17 @@ def run(
     """Run a dataset against a model, score every output and print the report.
 
     Exit codes: 0 done, no item failed (or at most --max-failures) and the gate holds;
-    1 the experiment failed (reason on stderr), items failed, or the gate failed;
-    2 bad input."""
+    1 the experiment failed (reason on stderr), items failed, its --max-cost budget ran
+    out before every item ran (budget_exceeded), or the gate failed; 2 bad input
+    (a --fail-under label that is no scorer of the run included): nothing was run."""
     if prompt and prompt_file:
         raise InputError("give --prompt or --prompt-file, not both")
     template = prompt_file.read_text(encoding="utf-8") if prompt_file else prompt
+    scorers = [parse_scorer(s) for s in scorer] if scorer else None
+    check_gate(dataset, scorers, fail_under=fail_under or [], baseline=baseline,
+               fail_on_regression=fail_on_regression)  # before anything is run or paid
     experiment_id = enqueue_offline_run(
-        dataset=dataset, model=model,
-        scorers=[parse_scorer(s) for s in scorer] if scorer else None,
+        dataset=dataset, model=model, scorers=scorers,
         prompt=template, repeats=repeats, model_params=parse_params(param or []), name=name,
         api_base=api_base, target=target,
         cache="auto" if cache is None else ("on" if cache else "off"), max_cost_usd=max_cost,
@@ -175,21 +178,22 @@ def status(
     experiment_id: Annotated[int, typer.Argument(help="Experiment id.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Progress of an experiment: status and done / failed / pending counts; in
-    distributed mode also the messages waiting in each queue, the experiment's queued and
-    running tasks, and the live workers (those holding its work by name)."""
+    """Progress of an experiment: status and done / failed / skipped by budget / pending
+    counts (failed: the target errored; skipped_budget: not run, the --max-cost budget was
+    spent); in distributed mode also the messages waiting in each queue, the experiment's
+    queued and running tasks, and the live workers (those holding its work by name)."""
     state = progress(experiment_id)
+    with session_scope() as session:
+        skipped = result_status_counts(session=session, experiment_id=experiment_id).get(
+            ResultStatus.SKIPPED_BUDGET.value, 0)
+    # The experiment's failed counter includes the items skipped by the budget.
+    state.update(failed=max(0, state["failed"] - skipped), skipped_budget=skipped)
     extra = experiment_liveness(experiment_id, pending=0 if state["status"] in DONE_STATUSES
                                 else state["pending"])
     if as_json:
         emit_json({**state, **extra})
         return
-    render.out.print(
-        f"experiment {experiment_id}: {state['status']} — {state['done']} done, "
-        f"{state['failed']} failed, {state['pending']} pending of {state['total']}"
-    )
-    if state["error"]:
-        render.out.print(f"reason: {state['error']}", highlight=False, soft_wrap=True)
+    render.print_status(state)
     print_liveness(extra)
 
 

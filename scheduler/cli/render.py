@@ -51,22 +51,26 @@ def print_report(report: dict[str, Any]) -> None:
            "spent[/yellow]" if c.get("skipped_budget") else "")
     )
     repeats = any("per_item_sd_mean" in s for s in report["scorers"].values())
-    table = Table(title="Scores (95% CI: Student's t)", show_lines=False)
-    columns = ["scorer", "mean", "95% CI", "pass rate", "scored", "unscored"]
+    table = Table(title="Scores (95% CI: Student's t over items, repeats averaged)",
+                  show_lines=False)
+    columns = ["scorer", "mean", "95% CI", "pass rate", "items", "scored", "unscored"]
     for name in columns + (["item sd (repeats)"] if repeats else []):
         table.add_column(name, justify="left" if name == "scorer" else "right")
     for label, s in report["scorers"].items():
         ci = (f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
               if s.get("ci_low") is not None else "—")
         row: list[Text | str] = [_t(label), _fmt(s["mean"]), ci, _fmt(s["pass_rate"]),
-                                 str(s["n_scored"]), str(s["n_unscored"])]
+                                 str(s.get("n_items", "—")), str(s["n_scored"]),
+                                 str(s["n_unscored"])]
         table.add_row(*row, *([_fmt(s.get("per_item_sd_mean"))] if repeats else []))
     out.print(table)
+    if repeats:
+        out.print("items: test cases scored (the n of the interval); scored / unscored: "
+                  "(item, repeat) rows; pass rate over the scored rows", style="dim")
     if report.get("by"):
         _print_breakdown(report["by"])
     lat, tok, cost = report["latency_ms"], report["tokens"], report["cost_usd"]
-    speed = (f" · {report['wall_time_s']:.1f} s, {report['items_per_s']:.1f} items/s"
-             if report.get("items_per_s") else "")
+    speed = _speed(report)
     hits = report.get("cache", {}).get("hits")
     out.print(
         f"latency p50 {_fmt(lat['p50'], 1)} ms, p95 {_fmt(lat['p95'], 1)} ms, "
@@ -83,6 +87,38 @@ def print_report(report: dict[str, Any]) -> None:
         out.print(f"[red]errors:[/red] {_e(errors)}")
     if report.get("error"):
         out.print(f"[red]experiment error:[/red] {_e(report['error'])}")
+
+
+def _speed(report: dict[str, Any]) -> str:
+    """" · 12.0 s, 3.3 items/s", and after a resume or rerun the last run's own figures."""
+    wall, rate = report.get("wall_time_s"), report.get("items_per_s")
+    if wall is None:
+        return ""
+    text = f" · {wall:.1f} s" + (f", {_rate(rate)} items/s" if rate else "")
+    last = report.get("last_run")
+    if last:
+        text += " from the first start"
+        if last.get("wall_time_s") is not None:
+            text += (f"; last re-run {last['wall_time_s']:.1f} s, {last['items']} items"
+                     + (f", {_rate(last['items_per_s'])} items/s" if last.get("items_per_s")
+                        else ""))
+    return text
+
+
+def _rate(value: float) -> str:
+    return f"{value:.1f}" if value >= 1 else f"{value:.3f}"
+
+
+def print_status(state: dict[str, Any]) -> None:
+    """`evalq status`'s line: done / failed / skipped by budget / pending of the total."""
+    skipped = state.get("skipped_budget") or 0
+    out.print(
+        f"experiment {state['experiment_id']}: {state['status']} — {state['done']} done, "
+        f"{state['failed']} failed, "
+        + (f"{skipped} skipped (budget spent), " if skipped else "")
+        + f"{state['pending']} pending of {state['total']}", highlight=False)
+    if state.get("error"):
+        out.print(f"reason: {state['error']}", highlight=False, soft_wrap=True, markup=False)
 
 
 def _print_breakdown(by: dict[str, Any]) -> None:
@@ -166,6 +202,23 @@ def _signed(value: Any) -> str:
     return "—" if value is None else f"{value:+.3f}"
 
 
+FLIPS_SHOWN = 10  # flipped items listed per scorer and direction
+
+
+def _print_flips(label: str, s: dict[str, Any], field: str, name: str, colour: str) -> None:
+    """The items of one scorer that flipped one way, baseline → candidate output; the
+    count of those not listed."""
+    entries = s.get(field) or []
+    for entry in entries[:FLIPS_SHOWN]:
+        out.print(f"[{colour}]{_e(label)} {name}[/{colour}] {_e(entry['key'])}: "
+                  + _e(f"{str(entry.get('baseline_output'))[:60]!r} → "
+                       f"{str(entry.get('candidate_output'))[:60]!r}"), highlight=False)
+    more = int(s.get(f"n_{field}", len(entries))) - min(len(entries), FLIPS_SHOWN)
+    if more > 0:
+        out.print(f"[{colour}]{_e(label)} {name}[/{colour}] … and {more} more "
+                  "(`--json` or `--html` lists them)", highlight=False)
+
+
 def print_comparison(data: dict[str, Any]) -> None:
     """The human form of `compare_experiments`."""
     b, c = data["baseline"], data["candidate"]
@@ -194,10 +247,9 @@ def print_comparison(data: dict[str, Any]) -> None:
         )
     out.print(table)
     for label, s in data["scorers"].items():
-        for entry in s.get("pass_to_fail", [])[:10]:
-            out.print(f"[red]{_e(label)} pass→fail[/red] {_e(entry['key'])}: "
-                      + _e(f"{str(entry.get('baseline_output'))[:60]!r} → "
-                           f"{str(entry.get('candidate_output'))[:60]!r}"), highlight=False)
+        for field, name, colour in (("pass_to_fail", "pass→fail", "red"),
+                                    ("fail_to_pass", "fail→pass", "green")):
+            _print_flips(label, s, field, name, colour)
     cost, lat = data.get("cost", {}), data.get("latency_ms", {})
     out.print(f"cost: ${cost.get('baseline', {}).get('total', 0):.6f} → "
               f"${cost.get('candidate', {}).get('total', 0):.6f} · latency p50 "

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from scheduler.errors import DatasetFormatError
+from workers.scorers.steel_thread import STEEL_THREAD_TYPES
 
 FIELDS = ("id", "input", "expected", "metadata", "assertions", "tools")
 # Portia Steel Thread test cases are accepted as they are (see _from_steel_thread).
@@ -177,7 +178,8 @@ def _parse_line(raw: bytes, path: str, lineno: int) -> dict[str, Any] | None:
 
 def _from_steel_thread(obj: dict[str, Any], path: str, lineno: int) -> dict[str, Any]:
     """A Steel Thread test case ({"testcase", "input_config": {"value", ...}, "assertions"})
-    in our shape: input = the query, the rest kept as metadata."""
+    in our shape: input = the query, the rest kept as metadata, and its assertions scored
+    as Steel Thread scores them."""
     unknown = sorted(set(obj) - set(STEEL_THREAD_FIELDS))
     if unknown:
         raise DatasetFormatError(
@@ -197,8 +199,20 @@ def _from_steel_thread(obj: dict[str, Any], path: str, lineno: int) -> dict[str,
         "id": obj.get("testcase") or obj.get("test_case_name") or obj.get("id") or lineno,
         "input": config["value"],
         "metadata": meta,
-        "assertions": obj.get("assertions"),
+        "assertions": _steel_thread_assertions(obj.get("assertions")),
     }
+
+
+def _steel_thread_assertions(assertions: Any) -> Any:
+    """A Steel Thread case's assertions, the types Steel Thread scores its own way (tool
+    calls, latency) renamed to the scorers that do (STEEL_THREAD_TYPES); anything else,
+    and what is not a list of objects (refused by _validate), as it is."""
+    if not isinstance(assertions, list):
+        return assertions
+    return [{**a, "type": STEEL_THREAD_TYPES[a["type"]]}
+            if isinstance(a, dict) and isinstance(a.get("type"), str)
+            and a["type"] in STEEL_THREAD_TYPES else a
+            for a in assertions]
 
 
 def _validate(obj: dict[str, Any], path: str, lineno: int) -> dict[str, Any]:

@@ -3,8 +3,10 @@ scorers on stored outputs."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -56,33 +58,63 @@ def resume(experiment_id: int) -> int:
     return len(pairs)
 
 
-def rescore(experiment_id: int, scorers: Sequence[str | dict[str, Any]]) -> list[str]:
+@dataclass
+class Rescore:
+    """What `rescore` did: the labels it added (and is scoring), and the labels of the
+    scorers asked for that the experiment already had (not added again)."""
+
+    added: list[str] = field(default_factory=list)
+    present: list[str] = field(default_factory=list)
+
+
+def _identity(spec: dict[str, Any]) -> str:
+    """A scorer spec without its label: type, version and parameters, as canonical JSON."""
+    return json.dumps([spec.get("type"), str(spec.get("version")), spec.get("params") or {}],
+                      sort_keys=True, default=str)
+
+
+def rescore(experiment_id: int, scorers: Sequence[str | dict[str, Any]]) -> Rescore:
     """Add scorers to a completed experiment and score its stored outputs with them
-    (no target call). Returns the new labels; `wait_for_rescore` waits for them."""
+    (no target call); `wait_for_rescore` waits for the added labels.
+
+    Idempotent: a scorer identical to one the experiment has (same type, version and
+    parameters; given twice, the same) is not added again, and is listed as present with
+    its label. One of the same name with other parameters is added as NAME#2, NAME#3..."""
     prepare_database()
     with session_scope() as session:
         exp = get_experiment(session=session, experiment_id=experiment_id)
         if exp.status != ExperimentStatus.COMPLETED:
             raise InputError(f"experiment {experiment_id} is {exp.status}; rescore a completed "
                              f"experiment (`evalq resume {experiment_id}` finishes it first)")
-        taken = {s["label"] for s in exp.scorers or []}
-    resolved = resolve_scorer_specs(scorers)
+        existing = list(exp.scorers or [])
+    taken = {s["label"] for s in existing}
+    known = {_identity(s): s["label"] for s in existing}
+    outcome = Rescore()
     specs = []
-    for scorer in resolved:
+    for scorer in resolve_scorer_specs(scorers):
         spec = scorer.spec()
+        same = known.get(_identity(spec))
+        if same is not None:
+            if same not in outcome.present and same not in outcome.added:
+                outcome.present.append(same)
+            continue
         n = 2
         while spec["label"] in taken:
             spec["label"] = f"{scorer.name}#{n}"
             n += 1
         taken.add(spec["label"])
+        known[_identity(spec)] = spec["label"]
         specs.append(spec)
+        outcome.added.append(spec["label"])
+    if not specs:
+        return outcome
     with session_scope() as session:
         add_scorer_specs(session=session, experiment_id=experiment_id, specs=specs)
         result_ids = session.execute(
             sa.select(col(Result.id)).where(col(Result.experiment_id) == experiment_id,
                                             col(Result.status) == ResultStatus.OK)).scalars().all()
     rescore_results(experiment_id, result_ids)
-    return [s["label"] for s in specs]
+    return outcome
 
 
 def rescore_progress(experiment_id: int, labels: Sequence[str]) -> tuple[int, int]:

@@ -6,6 +6,11 @@ boundary, so every reported window is whole except, possibly, the last one (cut 
 `until`). Windows without any Score are omitted, and a window lists only the scorers
 that have Scores in it; a scorer whose Scores are all "could not score" appears with
 n=0 and mean None. The aggregation runs in SQL (models.aggregates).
+
+Drift (scheduler.reports.stats.drift_test) is tested only when the window and the baseline
+each hold at least EVALQ_DRIFT_MIN_N scored runs: 0/1 scores by Fisher's exact test,
+others by a prediction interval built on the baseline's (floored) variance. Either holds
+the false-alarm rate near or under 5% on a stable stream, for any pass rate.
 """
 
 from __future__ import annotations
@@ -25,9 +30,18 @@ from models.aggregates import (
 from models.crud import get_experiment
 from models.db import session_scope
 from models.errors import NotFound
+from models.settings import get_settings
 from models.tables import utcnow
 from scheduler.errors import InputError
-from scheduler.reports.stats import differs, mean_ci_from_sums, variance_from_sums
+from scheduler.reports.stats import (
+    DRIFT_ALPHA,
+    FISHER_EXACT,
+    PREDICTION_T,
+    Drift,
+    drift_test,
+    mean_ci_from_sums,
+    variance_from_sums,
+)
 
 DEFAULT_LOOKBACK = timedelta(hours=24)
 
@@ -64,7 +78,7 @@ def _summary(m: Moments) -> dict[str, Any]:
         low, high = max(0.0, low), min(1.0, high)
     return {"n": m.n, "n_unscored": m.n_unscored, "mean": mean, "low": low, "high": high,
             "pass_rate": m.n_passed / m.n if m.n else None,
-            "variance": variance_from_sums(m.n, m.total, m.total_sq)}
+            "variance": variance_from_sums(m.n, m.total, m.total_sq), "moments": m}
 
 
 def _baseline(
@@ -94,15 +108,16 @@ def _baseline(
     return {label: _summary(m) for label, m in moments.items()}, source
 
 
-def _drifted(window: dict[str, Any], base: dict[str, Any] | None) -> bool:
-    """True when the window mean lies outside the baseline's 95% interval for a window of
-    its size (Welch: both the baseline's and the window's noise count; needs a baseline
-    of n >= 2). Comparing with the baseline mean's own CI alone would flag most windows
-    of a large, stable baseline."""
-    if window["mean"] is None or base is None or base["variance"] is None:
-        return False
-    return differs(window["n"], window["mean"], window["variance"],
-                   base["n"], base["mean"], base["variance"])
+def _drift(window: Moments, base: dict[str, Any] | None, min_n: int) -> Drift:
+    """The window's drift against its scorer's baseline (drift_test); not tested without
+    a baseline for that scorer or with too few scored runs on either side. Comparing
+    with the baseline mean's own CI would flag most windows of a large, stable baseline,
+    and Welch's test (the window's own variance) flags every window of identical scores."""
+    if base is None:
+        return Drift(None, reason="no baseline for this scorer")
+    b: Moments = base["moments"]
+    return drift_test(window.n, window.total, window.total_sq, b.n, b.total, b.total_sq,
+                      min_n=min_n)
 
 
 def online_report(
@@ -112,16 +127,24 @@ def online_report(
     since: datetime | None = None,
     until: datetime | None = None,
     baseline: Baseline | None = None,
+    min_n: int | None = None,
 ) -> dict[str, Any]:
     """Everything `evalq online report --json` prints for the online evaluator `name`.
 
     since defaults to 24 h before now and is rounded down to a window boundary; until
     defaults to now (exclusive). Naive datetimes are taken as UTC. "baseline" is None
-    when none was asked for; a window scorer's "drift" is True only when that scorer has
-    a baseline interval and the window mean lies outside it.
+    when none was asked for. A window scorer's "drift" is True or False when drift was
+    tested ("drift_tested", by "drift_method": fisher_exact or prediction_t; p-value in
+    "drift_p" for fisher_exact) and None when it was not ("drift_note" says why: no
+    baseline for the scorer, or fewer than min_n scored runs in the window or the
+    baseline). min_n defaults to EVALQ_DRIFT_MIN_N; "drift_test" at the top describes
+    the test.
     """
     if window_s < 1:
         raise InputError(f"the window must be at least 1 second, not {window_s}")
+    min_n = get_settings().drift_min_n if min_n is None else min_n
+    if min_n < 1:
+        raise InputError(f"the drift minimum must be at least 1 scored run, not {min_n}")
     now = utcnow()
     until = to_utc(until) if until is not None else now
     since = window_start(to_utc(since) if since is not None else until - DEFAULT_LOOKBACK,
@@ -156,11 +179,13 @@ def online_report(
             "scorers": {},
         })
         summary = _summary(m)
-        summary["drift"] = _drifted(summary, (base or {}).get(label))
+        drift = _drift(m, (base or {}).get(label), min_n)
         window["scorers"][label] = {
             "n": summary["n"], "n_unscored": summary["n_unscored"],
             **{k: _round(summary[k]) for k in ("mean", "low", "high", "pass_rate")},
-            "drift": summary["drift"],
+            "drift": drift.drifted, "drift_tested": drift.tested,
+            "drift_method": drift.method, "drift_p": _round(drift.p_value),
+            "drift_note": drift.reason,
         }
 
     return {
@@ -168,6 +193,8 @@ def online_report(
         "window_s": window_s,
         "since": since.isoformat(),
         "until": until.isoformat(),
+        "drift_test": {"min_n": min_n, "alpha": DRIFT_ALPHA,
+                       "binary": FISHER_EXACT, "other": PREDICTION_T},
         "baseline": None if base is None else {
             label: {"mean": _round(s["mean"]), "low": _round(s["low"]),
                     "high": _round(s["high"]), "n": s["n"], "source": s["source"]}

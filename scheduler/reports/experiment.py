@@ -1,9 +1,12 @@
 """Experiment reports, computed from the database rows (the --json form).
 
-Per scorer: mean, standard error, 95% confidence interval (Student's t), pass rate, how
-many were scored, could not be scored, and items that failed; with repeats, the spread
-of each item across its repeats. Latency percentiles, tokens, cost (target and judge),
-wall time, throughput, and a breakdown by a metadata field.
+Per scorer: the mean, standard error and 95% confidence interval (Student's t) over the
+test cases, each case's repeats averaged first (the case is the unit of sampling: its
+repeats are not independent draws); the pass rate over the scored (item, repeat) rows;
+how many items and rows were scored, rows that could not be scored, and rows whose target
+failed; with repeats, the spread of each item across its repeats. Latency percentiles,
+tokens, cost (target and judge), wall time and throughput (the experiment's whole span,
+and the last re-run's own), and a breakdown by a metadata field.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter, defaultdict
+from datetime import datetime
 from typing import Any
 
 from sqlmodel import col, select
@@ -51,6 +55,7 @@ class ItemRow(TargetOutput):
     expected: Any = None
     meta: dict[str, Any] = {}  # the test case's metadata
     status: str | None = None
+    updated_at: datetime | None = None  # when its Result was (last) written
     scores: dict[str, dict[str, Any]] = {}
 
 
@@ -80,6 +85,7 @@ def load_items(experiment_id: int) -> tuple[Experiment, Dataset | None, list[Ite
             if result is not None:
                 found = {f: getattr(result, f) for f in _OUTPUT_FIELDS}
                 found["status"] = result.status
+                found["updated_at"] = result.updated_at
                 found["scores"] = _scores(by_result.get(result.id or -1, []))
             rows.append(ItemRow.model_construct(
                 item_id=item.id, key=item.key, position=item.position, repeat=rep,
@@ -101,26 +107,36 @@ def _r(value: float | None, digits: int = 6) -> float | None:
     return None if value is None or math.isnan(value) else round(value, digits)
 
 
-def scorer_stats(rows: list[ItemRow], label: str) -> dict[str, Any]:
-    """Mean, standard error, 95% t interval, pass rate and counts of one scorer."""
-    scored = [r.scores[label] for r in rows if label in r.scores]
-    values = [s["value"] for s in scored if s["value"] is not None]
-    mean, low, high = mean_ci(values)
-    if low is not None and high is not None:  # scores live in [0, 1]
-        low, high = max(0.0, low), min(1.0, high)
-    stderr = (statistics.stdev(values) / math.sqrt(len(values))) if len(values) > 1 else None
-    passed = sum(1 for s in scored if s["value"] is not None and s["passed"])
-    out: dict[str, Any] = {
-        "mean": _r(mean), "stderr": _r(stderr), "ci_low": _r(low), "ci_high": _r(high),
-        "ci_method": "t", "pass_rate": _r(passed / len(values)) if values else None,
-        "n_scored": len(values), "n_unscored": len(scored) - len(values),
-        "n_failed_items": sum(1 for r in rows if r.status == ResultStatus.ERROR),
-    }
+def item_means(rows: list[ItemRow], label: str) -> dict[int, list[float]]:
+    """The scored values of one scorer per item id (its repeats), items in row order."""
     per_item: dict[int, list[float]] = defaultdict(list)
     for r in rows:
         value = r.scores.get(label, {}).get("value")
         if value is not None:
-            per_item[r.item_id].append(value)
+            per_item[r.item_id].append(float(value))
+    return dict(per_item)
+
+
+def scorer_stats(rows: list[ItemRow], label: str) -> dict[str, Any]:
+    """One scorer's statistics. The test case is the unit: each item's scored repeats are
+    averaged first, and mean, stderr and the 95% t interval are over those item means
+    (n = n_items, t with n_items - 1 degrees of freedom). pass_rate is over the scored
+    (item, repeat) rows. With repeats, the mean within-item variance and SD."""
+    scored = [r.scores[label] for r in rows if label in r.scores]
+    n_values = sum(1 for s in scored if s["value"] is not None)
+    per_item = item_means(rows, label)
+    means = [statistics.fmean(v) for v in per_item.values()]
+    mean, low, high = mean_ci(means)
+    if low is not None and high is not None:  # scores live in [0, 1]
+        low, high = max(0.0, low), min(1.0, high)
+    stderr = (statistics.stdev(means) / math.sqrt(len(means))) if len(means) > 1 else None
+    passed = sum(1 for s in scored if s["value"] is not None and s["passed"])
+    out: dict[str, Any] = {
+        "mean": _r(mean), "stderr": _r(stderr), "ci_low": _r(low), "ci_high": _r(high),
+        "ci_method": "t", "pass_rate": _r(passed / n_values) if n_values else None,
+        "n_items": len(means), "n_scored": n_values, "n_unscored": len(scored) - n_values,
+        "n_failed_items": sum(1 for r in rows if r.status == ResultStatus.ERROR),
+    }
     spreads = [v for v in per_item.values() if len(v) > 1]
     if spreads:
         out["per_item_variance_mean"] = _r(statistics.fmean(statistics.variance(v)
@@ -146,7 +162,7 @@ def breakdown(rows: list[ItemRow], field_name: str) -> dict[str, Any]:
             value: {"n_items": len({r.item_id for r in members}),
                     "scorers": {label: {k: v for k, v in scorer_stats(members, label).items()
                                         if k in ("mean", "ci_low", "ci_high", "pass_rate",
-                                                 "n_scored")}
+                                                 "n_items", "n_scored")}
                                 for label in labels}}
             for value, members in sorted(groups.items())
         },
@@ -169,8 +185,6 @@ def build_report(exp: Experiment, dataset: Dataset | None, rows: list[ItemRow],
     latencies = [r.latency_ms for r in done if r.latency_ms is not None]
     target_cost = sum(r.cost_usd for r in finished)
     judge_cost = sum(s.get("judge_cost_usd") or 0.0 for r in rows for s in r.scores.values())
-    wall = ((exp.finished_at - exp.started_at).total_seconds()
-            if exp.finished_at and exp.started_at else None)
     prompt_tokens = sum(r.prompt_tokens for r in finished)
     completion_tokens = sum(r.completion_tokens for r in finished)
     report: dict[str, Any] = {
@@ -198,11 +212,45 @@ def build_report(exp: Experiment, dataset: Dataset | None, rows: list[ItemRow],
         "cache": {"hits": sum(1 for r in finished if r.cached)},
         "errors": dict(Counter(r.error_type or "error" for r in failed)),
         "created_at": exp.created_at.isoformat() if exp.created_at else None,
-        "finished_at": exp.finished_at.isoformat() if exp.finished_at else None,
-        "wall_time_s": round(wall, 3) if wall is not None else None,
-        "items_per_s": round(len(finished) / wall, 3) if wall else None,
+        **timing(exp, rows),
         "error": exp.error,
     }
     if by:
         report["by"] = breakdown(rows, by)
     return report
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.isoformat() if when else None
+
+
+def _speed(items: int, start: datetime | None, end: datetime | None) -> tuple[float | None,
+                                                                              float | None]:
+    """(seconds from start to end, items per second), None where unknown."""
+    if start is None or end is None:
+        return None, None
+    seconds = max(0.0, (end - start).total_seconds())
+    return round(seconds, 3), (round(items / seconds, 3) if seconds else None)
+
+
+def timing(exp: Experiment, rows: list[ItemRow]) -> dict[str, Any]:
+    """When the experiment ran, from its first start to its finish (the whole span, over
+    every run of it: a resume or rerun included), and the last re-run's own span.
+
+    started_at: the first start; finished_at: the last finish; wall_time_s: from one to
+    the other; items_per_s: finished (item, repeat)s (done + failed) over wall_time_s.
+    last_run: None if the experiment was started once; after a resume or a rerun, its
+    started_at (the restart), wall_time_s (restart to finish), items (the (item, repeat)s
+    it ran: Results written since the restart, done or failed) and items_per_s."""
+    first = exp.first_started_at or exp.started_at
+    finished = [r for r in rows if r.status in (ResultStatus.OK, ResultStatus.ERROR)]
+    wall, rate = _speed(len(finished), first, exp.finished_at)
+    out: dict[str, Any] = {"started_at": _iso(first), "finished_at": _iso(exp.finished_at),
+                           "wall_time_s": wall, "items_per_s": rate, "last_run": None}
+    restart = exp.started_at
+    if restart is not None and first is not None and restart > first:
+        ran = sum(1 for r in finished if r.updated_at is not None and r.updated_at >= restart)
+        run_wall, run_rate = _speed(ran, restart, exp.finished_at)
+        out["last_run"] = {"started_at": _iso(restart), "wall_time_s": run_wall,
+                           "items": ran, "items_per_s": run_rate}
+    return out

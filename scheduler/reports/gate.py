@@ -53,6 +53,19 @@ def parse_thresholds(pairs: Iterable[str]) -> dict[str, float]:
     return thresholds
 
 
+def check_labels(thresholds: dict[str, float], labels: Iterable[str]) -> None:
+    """InputError, listing the valid labels, when a threshold names no scorer of the run
+    (`labels`: the run's scorer labels and its test cases' assert:TYPE labels)."""
+    valid = sorted(set(labels))
+    unknown = [label for label in thresholds if label not in valid]
+    if not unknown:
+        return
+    names = ", ".join(valid) or "none"
+    which = ", ".join(repr(label) for label in unknown)
+    raise InputError(f"--fail-under {which}: not a scorer of this run (its scorers: {names})"
+                     " — name one of them; nothing was run")
+
+
 def _pair(value: float, threshold: float) -> tuple[str, str]:
     """Both numbers with 2 decimals, or more when 2 would make different numbers look
     the same."""

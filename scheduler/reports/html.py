@@ -48,15 +48,23 @@ def _experiment_header(report: dict[str, Any]) -> str:
     if report.get("finished_at"):
         sub.append(f"finished {esc(str(report['finished_at'])[:16].replace('T', ' '))}")
     wall, rate = report.get("wall_time_s"), report.get("items_per_s")
+    speed = "—" if rate is None else f"{rate:.2f} items/s"
+    last = report.get("last_run") or {}
+    if last.get("wall_time_s") is not None:
+        speed += (f" · last re-run {last['wall_time_s']:.2f} s, {esc(last.get('items'))} items"
+                  + ("" if last.get("items_per_s") is None
+                     else f", {last['items_per_s']:.2f} items/s"))
     stats = [
         stat("Items", f"{counts.get('done', 0)} / {counts.get('total', 0)}",
-             f"{counts.get('failed', 0)} failed · {counts.get('pending', 0)} pending"),
+             f"{counts.get('failed', 0)} failed · "
+             + (f"{counts['skipped_budget']} skipped (budget) · "
+                if counts.get("skipped_budget") else "")
+             + f"{counts.get('pending', 0)} pending"),
         stat("Cost", usd(cost.get("total")),
              f"target {usd(cost.get('target'))} · judge {usd(cost.get('judge'))}"),
         stat("Latency p50", ms(lat.get("p50")),
              f"p95 {ms(lat.get('p95'))} · p99 {ms(lat.get('p99'))}"),
-        stat("Wall time", "—" if wall is None else f"{wall:.2f} s",
-             "—" if rate is None else f"{rate:.2f} items/s"),
+        stat("Wall time", "—" if wall is None else f"{wall:.2f} s", speed),
         stat("Tokens", f"{tok.get('total') or 0:,}",
              f"{tok.get('prompt') or 0:,} in · {tok.get('completion') or 0:,} out"),
     ]
@@ -73,10 +81,12 @@ def _experiment_header(report: dict[str, Any]) -> str:
 
 def _scorer_card(label: str, s: dict[str, Any], values: list[float],
                  by: dict[str, Any] | None) -> str:
-    ci = (f"95% CI [{num(s.get('ci_low'))}, {num(s.get('ci_high'))}]"
-          if s.get("ci_low") is not None else "95% CI needs 2+ scores")
-    facts = [f"pass rate <b>{pct(s.get('pass_rate'))}</b>",
-             f"scored <b>{esc(s.get('n_scored', 0))}</b>",
+    ci = (f"95% CI [{num(s.get('ci_low'))}, {num(s.get('ci_high'))}] over "
+          f"{esc(s.get('n_items', '?'))} items"
+          if s.get("ci_low") is not None else "95% CI needs 2+ scored items")
+    facts = [f"pass rate <b>{pct(s.get('pass_rate'))}</b> of scored rows",
+             f"items <b>{esc(s.get('n_items', 0))}</b>",
+             f"scored rows <b>{esc(s.get('n_scored', 0))}</b>",
              f"unscored <b>{esc(s.get('n_unscored', 0))}</b>"]
     if s.get("n_failed_items"):
         facts.append(f"failed items <b>{esc(s['n_failed_items'])}</b>")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 # Two-sided 95% critical values of Student's t, index = degrees of freedom - 1.
 _T95 = (
@@ -86,21 +87,131 @@ def variance_from_sums(n: int, total: float, total_sq: float) -> float | None:
     return max(0.0, (total_sq - total * total / n) / (n - 1))
 
 
-def differs(n_w: int, mean_w: float, var_w: float | None,
-            n_b: int, mean_b: float, var_b: float) -> bool:
-    """Whether a window mean lies outside the baseline's 95% interval for a window of
-    that size (Welch): |mean_w - mean_b| > t(df) * sqrt(var_b/n_b + var_w/n_w).
+# --- drift of an online window against a baseline --------------------------------------
 
-    A one-value window borrows the baseline's variance (a prediction interval)."""
-    if n_w < 1 or n_b < 2:
+DRIFT_ALPHA = 0.05
+"""False-alarm rate the drift test is built for (two-sided, 0.025 per direction)."""
+
+PSEUDO_COUNT = 4.0
+"""Pseudo-observations added to a non-binary baseline's variance, half at 0 and half at 1:
+Agresti and Coull's "two successes and two failures" (z^2 = 3.84 rounded up)."""
+
+FISHER_EXACT = "fisher_exact"
+PREDICTION_T = "prediction_t"
+
+
+@dataclass(frozen=True)
+class Drift:
+    """The outcome of drift_test: drifted is None when the test was not made (reason
+    says why), else True/False with the method that decided."""
+
+    drifted: bool | None
+    method: str | None = None
+    reason: str | None = None
+    p_value: float | None = None  # fisher_exact only
+
+    @property
+    def tested(self) -> bool:
+        return self.drifted is not None
+
+
+def is_binary(n: int, total: float, total_sq: float) -> bool:
+    """Whether n scores in [0, 1] with these sums are all 0 or 1.
+
+    For x in [0, 1], x - x*x >= 0 with equality only at 0 and 1, so sum(x) == sum(x*x)
+    exactly when every score is 0 or 1 (and then both sums are whole numbers)."""
+    if n < 1 or not -1e-9 <= total <= n + 1e-9:
         return False
-    var_w = var_b if var_w is None else var_w
-    a, b = var_b / n_b, var_w / n_w
-    if a + b == 0.0:
-        return mean_w != mean_b
-    if n_w >= 2 and (a > 0 or b > 0):
-        denominator = (a * a) / (n_b - 1) + (b * b) / (n_w - 1)
-        df = max(1, math.floor((a + b) ** 2 / denominator)) if denominator else n_b - 1
-    else:
-        df = n_b - 1
-    return abs(mean_w - mean_b) > t_critical(df) * math.sqrt(a + b)
+    return abs(total - total_sq) <= 1e-9 * n and abs(total - round(total)) <= 1e-6
+
+
+def _log_comb(n: int, k: int) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
+def hypergeometric_tail(x: int, draws: int, successes: int, population: int) -> float:
+    """The tail of X ~ Hypergeometric(population, successes, draws) on x's side of the
+    mean: P(X <= x) when x <= the mean, else P(X >= x).
+
+    Summed outward from x with the ratio of consecutive probabilities, and stopped once
+    the terms (past the mode) no longer change the sum, so a far tail costs a few terms
+    however large the population."""
+    failures = population - successes
+    lo, hi = max(0, draws - failures), min(draws, successes)
+    if not (0 <= successes <= population and 0 <= draws <= population and lo <= x <= hi):
+        raise ValueError(f"x={x} is outside the support [{lo}, {hi}] of Hypergeometric("
+                         f"{population}, {successes}, {draws})")
+    step = -1 if x * population <= draws * successes else 1
+    term = math.exp(_log_comb(successes, x) + _log_comb(failures, draws - x)
+                    - _log_comb(population, draws))
+    total, k = term, x
+    while lo <= k + step <= hi:
+        if step > 0:
+            ratio = (successes - k) * (draws - k) / ((k + 1) * (failures - draws + k + 1))
+        else:
+            ratio = k * (failures - draws + k) / ((successes - k + 1) * (draws - k + 1))
+        k += step
+        term *= ratio
+        if ratio < 1 and term <= 1e-17 * total:
+            break
+        total += term
+    return min(1.0, total)
+
+
+def fisher_p(n_w: int, passed_w: int, n_b: int, passed_b: int) -> float:
+    """Two-sided p-value of Fisher's exact test that a window and a baseline of 0/1
+    scores share one pass rate: twice the one-sided tail on the window's side (the
+    "central" p-value), at most 1. Conditional on the total number of passes, the
+    window's passes are hypergeometric whatever the common rate, so a test at level
+    alpha raises at most alpha false alarms for every pass rate and size."""
+    return min(1.0, 2 * hypergeometric_tail(passed_w, n_w, passed_w + passed_b, n_w + n_b))
+
+
+def floored_variance(n: int, total: float, total_sq: float) -> float:
+    """A baseline's sample variance, at least that of the baseline with PSEUDO_COUNT
+    pseudo-scores added, half at 0 and half at 1 (for 0/1 scores this is Agresti-Coull's
+    p~(1 - p~)). A baseline of identical scores (variance 0) would otherwise make any
+    window that differs at all "drift"."""
+    k = PSEUDO_COUNT
+    augmented = variance_from_sums(int(n + k), total + k / 2, total_sq + k / 2) or 0.0
+    return max(variance_from_sums(n, total, total_sq) or 0.0, augmented)
+
+
+def prediction_differs(n_w: int, mean_w: float, n_b: int, mean_b: float,
+                       var_b: float) -> bool:
+    """Whether a window mean lies outside the 95% prediction interval of the mean of n_w
+    new scores drawn from the baseline: |mean_w - mean_b| > t(n_b - 1) *
+    sqrt(var_b / n_w + var_b / n_b). Under "no drift" the window comes from the
+    baseline, so its noise is the baseline's: the window's own variance is not used
+    (a window of identical scores has variance 0 and would otherwise always differ)."""
+    if n_w < 1 or n_b < 2:
+        raise ValueError(f"need a window of n >= 1 and a baseline of n >= 2, not "
+                         f"{n_w} and {n_b}")
+    half = t_critical(n_b - 1) * math.sqrt(max(var_b, 0.0) * (1 / n_w + 1 / n_b))
+    return abs(mean_w - mean_b) > half
+
+
+def drift_test(n_w: int, total_w: float, total_sq_w: float,
+               n_b: int, total_b: float, total_sq_b: float, *, min_n: int) -> Drift:
+    """Whether a window of scores in [0, 1] drifted from a baseline, at a 5% false-alarm
+    rate, from the counts and sums (sum of x, sum of x*x) of each.
+
+    Not tested (drifted None) when the window or the baseline has fewer than `min_n`
+    scored runs (the baseline also needs 2). When both hold only 0/1 scores: Fisher's
+    exact test (fisher_p <= 0.05), whose false-alarm rate is at most 5% for any pass
+    rate and size, however skewed (a 0.99 pass rate in a window of 10). Otherwise: the
+    prediction interval of prediction_differs, with the baseline's variance floored by
+    floored_variance so that a baseline of identical scores still has some noise.
+    """
+    min_n = max(1, min_n)
+    if n_b < max(min_n, 2):
+        return Drift(None, reason=f"baseline has {n_b} scored runs, fewer than "
+                     f"{max(min_n, 2)}")
+    if n_w < min_n:
+        return Drift(None, reason=f"too few: {n_w} scored runs, fewer than {min_n}")
+    if is_binary(n_w, total_w, total_sq_w) and is_binary(n_b, total_b, total_sq_b):
+        p = fisher_p(n_w, round(total_w), n_b, round(total_b))
+        return Drift(p <= DRIFT_ALPHA, FISHER_EXACT, p_value=p)
+    var_b = floored_variance(n_b, total_b, total_sq_b)
+    return Drift(prediction_differs(n_w, total_w / n_w, n_b, total_b / n_b, var_b),
+                 PREDICTION_T)

@@ -56,18 +56,26 @@ def test_shipped_steel_thread_dataset_runs_unchanged(agent_worker: WorkerProcess
     summary = wait_for_experiment(exp_id, timeout=60)
     assert summary["counts"] == counts(4, done=4, failed=0)
     scores = _scores(exp_id)
+    # a Steel Thread line's tool_calls and latency are scored as Steel Thread scores them
+    tools, latency = "assert:steel_thread_tool_calls", "assert:steel_thread_latency"
     expect = {
         ("paris", "assert:outcome"): True, ("paris", "assert:final_output"): True,
-        ("paris", "assert:tool_calls"): True, ("paris", "assert:latency"): True,
+        ("paris", tools): True, ("paris", latency): True,
         ("paris", "tests.agents:word_budget"): True,
         ("tokyo", "assert:outcome"): True, ("tokyo", "assert:final_output"): True,
         ("tokyo", "tests.agents:word_budget"): False,  # 6 words, budget 3
         ("lima", "assert:outcome"): False,  # the agent reported FAILED
-        ("lima", "assert:tool_calls"): True,
-        ("currency", "assert:final_output"): True, ("currency", "assert:tool_calls"): True,
+        ("lima", tools): True,
+        ("currency", "assert:final_output"): True, ("currency", tools): True,
     }
     for key, passed in expect.items():
         assert scores[key].passed is passed, (key, scores[key].explanation)
+    assert not any(label in ("assert:tool_calls", "assert:latency") for _, label in scores)
+    # Steel Thread's latency score is closeness to the threshold: a fast agent scores low
+    paris = scores[("paris", latency)]
+    result_ms = paris.meta["latency_ms"] if paris.meta else None
+    assert result_ms is not None and result_ms < 5000
+    assert paris.value == pytest.approx(1 - (5000 - result_ms) / 5000)
     # custom assertions are data, not scores; word_budget has no budget on 2 cases
     assert not any(label == "assert:custom" for _, label in scores)
     assert scores[("lima", "tests.agents:word_budget")].error is not None

@@ -144,9 +144,12 @@ def test_gate_and_usage_exit_codes_are_kept(embedded_env, fake_llm: FakeLLM,
     dataset, _ = _dataset(tmp_path, 5)
     code, _, err = _run(dataset, fake_llm, "--fail-under", "exact_match=1")
     assert code == 0, err
-    code, _, _ = _run(dataset, fake_llm, "--scorer", "contains",
-                      "--fail-under", "exact_match=0.5")  # not a scorer of the run
-    assert code == 1
+    calls = fake_llm.stats()["total"]
+    result = runner.invoke(app, ["run", str(dataset), "--model", "openai/fake", "--api-base",
+                                 fake_llm.base_url, "--scorer", "contains",
+                                 "--fail-under", "exact_match=0.5"])  # not a scorer of the run
+    assert result.exit_code == 2 and "its scorers: contains" in result.stderr  # refused
+    assert fake_llm.stats()["total"] == calls  # before it ran
     result = runner.invoke(app, ["run", str(dataset), "--max-failures", "-1"])
     assert result.exit_code == 2
 

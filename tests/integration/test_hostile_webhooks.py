@@ -167,23 +167,28 @@ def webhook_env(embedded_env: Any) -> Iterator[Any]:
     wait_for_deliveries(30)  # nothing of this test posts into the next one
 
 
+ALERT_RUNS = 10
+
+
 def _evaluator_below_threshold(name: str, webhook: str | None) -> int:
-    """An online evaluator (added through the library) whose current window's mean is
-    0.2, under its 0.5 alert threshold; returns its id."""
+    """An online evaluator (added through the library) whose current window holds
+    ALERT_RUNS scored runs (EVALQ_ALERT_MIN_N's default) with a mean of 0.2, under its 0.5
+    alert threshold; returns its id."""
     add_evaluator(name, scorers=["exact_match"], alert_threshold=0.5, alert_window="1h",
                   webhook_url=webhook)
     now = utcnow()
     with session_scope() as session:
         ev = session.exec(select(OnlineEvaluator).where(OnlineEvaluator.name == name)).one()
-        run = ProductionRun(source="test", external_id=uuid.uuid4().hex, created_at=now)
-        session.add(run)
+        runs = [ProductionRun(source="test", external_id=uuid.uuid4().hex, created_at=now)
+                for _ in range(ALERT_RUNS)]
+        session.add_all(runs)
         session.flush()
         upsert_scores(session=session, scores_in=[ScoreCreate(**{
             "subject_type": "run", "subject_id": run.id, "evaluator_id": ev.id,
             "subject_at": now, "scorer": "relevance", "scorer_version": "1", "value": 0.2,
             "passed": False, "explanation": None, "error": None, "meta": None,
             "judge_model": None, "judge_cost_usd": 0.0, "judge_tokens": 0,
-            "judge_latency_ms": None})])
+            "judge_latency_ms": None}) for run in runs])
         assert ev.id is not None
         return ev.id
 

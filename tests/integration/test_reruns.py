@@ -101,8 +101,11 @@ def test_rescore_adds_scorers_without_calling_the_target(env: dict[str, str],
         wait_for_experiment(exp_id, timeout=60)
         calls = fake_llm.stats()["total"]
         out = _cli("rescore", str(exp_id), "--scorer", '{"type": "contains", "value": "1"}',
-                   "--scorer", "exact_match")
+                   "--scorer", "exact_match", "--scorer", '{"type": "exact_match", '
+                   '"ignore_case": false}')
+        # exact_match as the run has it is not added again; with other parameters it is
         assert out["added"] == ["contains", "exact_match#2"]
+        assert out["already_present"] == ["exact_match"]
         assert fake_llm.stats()["total"] == calls
         scorers = out["report"]["scorers"]
         assert scorers["contains"]["n_scored"] == 10

@@ -248,20 +248,27 @@ def test_correctness_without_reference_cannot_score(fake_llm: FakeLLM):
 PAIRWISE = {"type": "llm_pairwise", "baseline": "Paris, I think."}
 
 
-@pytest.mark.parametrize(("winners", "value", "consistent"), [
-    (("A", "B"), 1.0, True),    # the candidate wins in both positions
-    (("B", "A"), 0.0, True),    # the baseline wins in both positions
-    (("A", "A"), 0.5, False),   # position bias: position A always wins
-    (("tie", "B"), 0.75, False),
-    (("tie", "tie"), 0.5, True),
+@pytest.mark.parametrize(("winners", "value", "outcome", "biased"), [
+    (("A", "B"), 1.0, "win", False),    # the candidate wins in both positions
+    (("B", "A"), 0.0, "loss", False),   # the baseline wins in both positions
+    (("tie", "tie"), 0.5, "tie", False),  # a tie is not a win: it does not pass
+    (("A", "A"), 0.5, "tie", True),     # position bias: position A always wins
+    (("B", "B"), 0.5, "tie", True),     # position bias: position B always wins
+    (("tie", "B"), 0.5, "tie", True),   # tie, then a win: the order changed the verdict
+    (("A", "tie"), 0.5, "tie", True),
+    (("tie", "A"), 0.5, "tie", True),   # tie, then a loss
 ])
-def test_pairwise_swaps_positions_and_averages(fake_llm: FakeLLM, winners: tuple[str, str],
-                                               value: float, consistent: bool):
+def test_pairwise_swaps_positions_and_counts_disagreement_as_a_tie(
+        fake_llm: FakeLLM, winners: tuple[str, str], value: float, outcome: str,
+        biased: bool):
     fake_llm.script([reply(reasoning=f"call {n}", winner=w) for n, w in enumerate(winners)])
     verdict = run(scorer(fake_llm, PAIRWISE))
-    assert verdict.value == value and verdict.passed is (value >= 0.5)
+    assert verdict.value == value and verdict.passed is (outcome == "win")
     assert verdict.metadata is not None
-    assert verdict.metadata["consistent"] is consistent
+    assert verdict.metadata["outcome"] == outcome
+    assert verdict.metadata["position_biased"] is biased
+    assert verdict.metadata["consistent"] is not biased
+    assert (verdict.explanation or "").startswith("position-biased") is biased
     assert [v["winner"] for v in verdict.metadata["verdicts"]] == list(winners)
     assert verdict.metadata["baseline_source"] == "param"
     assert "call 0" in (verdict.explanation or "") and "call 1" in (verdict.explanation or "")

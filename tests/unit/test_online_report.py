@@ -204,7 +204,13 @@ def test_report_windows_drift_and_baseline_period(db_url: str) -> None:
     assert [w["end"] for w in windows] == [(T0 + (h + 1) * HOUR).isoformat() for h in means]
     drift = [w["scorers"]["relevance"]["drift"] for w in windows]
     assert drift == [False, False, False, True, False]
-    assert windows[2]["scorers"]["tone"]["drift"] is False  # no baseline for "tone"
+    assert all(w["scorers"]["relevance"]["drift_tested"] for w in windows)
+    assert {w["scorers"]["relevance"]["drift_method"] for w in windows} == {"prediction_t"}
+    tone = windows[2]["scorers"]["tone"]
+    assert tone["drift"] is None and tone["drift_tested"] is False  # no baseline for "tone"
+    assert tone["drift_note"] == "no baseline for this scorer"
+    assert report["drift_test"] == {"min_n": 10, "alpha": 0.05, "binary": "fisher_exact",
+                                    "other": "prediction_t"}
     assert [w["scorers"]["relevance"]["n"] for w in windows] == [30] * 5
     assert [w["scorers"]["relevance"]["n_unscored"] for w in windows] == [0, 2, 0, 0, 0]
 
@@ -265,8 +271,41 @@ def test_report_windows_are_aligned_to_the_epoch(db_url: str) -> None:
     assert all(int(s.timestamp()) % 7200 == 0 for s in starts)
     first = report["windows"][0]["scorers"]["relevance"]
     assert first["n"] == 3 and first["mean"] == pytest.approx(0.5)
-    assert first["drift"] is False
+    assert first["drift"] is None and first["drift_tested"] is False  # no baseline
     assert report["windows"][1]["scorers"]["relevance"]["n"] == 1
+
+
+def test_report_drift_of_pass_fail_scores_and_windows_with_too_few_runs(db_url: str) -> None:
+    """0/1 scores against a 95% baseline: a window of all passes (variance 0) is not
+    drift (Welch's test flagged it), one failure in 20 is not, 12 of 20 is; a window of
+    5 runs is not tested under the default minimum of 10."""
+    ev = make_evaluator()
+    add_scores(ev, spread_over(T0 - 24 * HOUR, 24 * HOUR, "ok", [1.0] * 190 + [0.0] * 10))
+    hours = {0: [1.0] * 20, 1: [1.0] * 19 + [0.0], 2: [1.0] * 12 + [0.0] * 8, 3: [0.0] * 5}
+    for hour, vals in hours.items():
+        add_scores(ev, spread_over(T0 + hour * HOUR, HOUR, "ok", vals))
+
+    report = online_report("support-bot", since=T0, until=T0 + 4 * HOUR,
+                           baseline=Baseline(since=T0 - 24 * HOUR))
+    ok = [w["scorers"]["ok"] for w in report["windows"]]
+    assert [s["drift"] for s in ok] == [False, False, True, None]
+    assert [s["drift_tested"] for s in ok] == [True, True, True, False]
+    assert [s["drift_method"] for s in ok] == ["fisher_exact"] * 3 + [None]
+    assert ok[2]["drift_p"] < 0.05 < ok[1]["drift_p"]
+    assert ok[3]["drift_note"] == "too few: 5 scored runs, fewer than 10"
+    assert ok[0]["drift_note"] is None
+
+    with EnvPatch(EVALQ_DRIFT_MIN_N="3"):
+        lowered = online_report("support-bot", since=T0, until=T0 + 4 * HOUR,
+                                baseline=Baseline(since=T0 - 24 * HOUR))
+    assert lowered["drift_test"]["min_n"] == 3
+    assert lowered["windows"][3]["scorers"]["ok"]["drift"] is True
+    strict = online_report("support-bot", since=T0, until=T0 + 4 * HOUR, min_n=500,
+                           baseline=Baseline(since=T0 - 24 * HOUR))
+    note = strict["windows"][0]["scorers"]["ok"]["drift_note"]
+    assert note == "baseline has 200 scored runs, fewer than 500"
+    with pytest.raises(InputError, match="at least 1 scored run"):
+        online_report("support-bot", since=T0, until=T0 + HOUR, min_n=0)
 
 
 def test_report_errors_name_the_next_step(db_url: str) -> None:
@@ -294,7 +333,7 @@ def test_alert_fires_once_per_window_under_concurrency(fast_retries: str) -> Non
     hook = Webhook(statuses=[500])  # the first POST fails, the retry succeeds
     try:
         ev = make_evaluator(alert_threshold=0.7, alert_window_s=3600, webhook_url=hook.url)
-        add_scores(ev, spread_over(T0, HOUR, "relevance", [0.5] * 8 + [None]))  # previous
+        add_scores(ev, spread_over(T0, HOUR, "relevance", [0.5] * 12 + [None]))  # previous
         add_scores(ev, spread_over(T0 + HOUR, HOUR, "relevance", [0.9] * 4))  # current, fine
         now = T0 + HOUR + timedelta(minutes=10)
         barrier = threading.Barrier(5)
@@ -309,7 +348,7 @@ def test_alert_fires_once_per_window_under_concurrency(fast_retries: str) -> Non
         assert len(fired) == 1
         expected = {"evaluator": "support-bot", "scorer": "relevance",
                     "window_start": T0.isoformat(), "window_end": (T0 + HOUR).isoformat(),
-                    "mean": 0.5, "threshold": 0.7, "n": 8}
+                    "mean": 0.5, "threshold": 0.7, "n": 12}
         assert fired[0] == {**expected, "id": fired[0]["id"], "delivered": True,
                                  "error": None}
         assert hook.bodies == [expected, expected]  # one failed POST and its retry
@@ -327,19 +366,19 @@ def test_alert_with_unreachable_webhook_is_logged_and_recorded(
 ) -> None:
     ev = make_evaluator(alert_threshold=0.6, alert_window_s=600,
                         webhook_url=f"http://127.0.0.1:{free_port()}/hook")
-    add_scores(ev, [(T0 + timedelta(minutes=1), "tone", 0.25),
-                    (T0 + timedelta(minutes=2), "tone", 0.35)])
+    add_scores(ev, [(T0 + timedelta(seconds=10 * i), "tone", 0.25 + 0.1 * (i % 2))
+                    for i in range(10)])
     with caplog.at_level(logging.WARNING, logger="workers.online.alerts"):
         fired = check_alerts(ev, now=T0 + timedelta(minutes=5), wait=True)
     assert len(fired) == 1 and fired[0]["delivered"] is False
     assert fired[0]["error"].startswith("ConnectError")
     row = _alert_rows()[0]
     assert row.delivered is False and row.error == fired[0]["error"]
-    assert row.mean == pytest.approx(0.3) and row.n == 2
+    assert row.mean == pytest.approx(0.3) and row.n == 10
     warning = next(r for r in caplog.records
                    if r.name == "workers.online.alerts" and r.levelno == logging.WARNING)
     message = warning.getMessage()
-    for part in ("'support-bot'", "'tone'", "0.3000", "0.6000", "n=2", T0.isoformat()):
+    for part in ("'support-bot'", "'tone'", "0.3000", "0.6000", "n=10", T0.isoformat()):
         assert part in message
 
 
@@ -348,8 +387,8 @@ def test_alert_4xx_is_not_retried_and_no_threshold_means_no_alert(fast_retries: 
     try:
         ev = make_evaluator(alert_threshold=0.9, webhook_url=hook.url)
         quiet = make_evaluator("quiet-bot")  # no alert_threshold
-        add_scores(ev, [(T0, "relevance", 0.5)])
-        add_scores(quiet, [(T0, "relevance", 0.0)])
+        add_scores(ev, [(T0, "relevance", 0.5)] * 10)
+        add_scores(quiet, [(T0, "relevance", 0.0)] * 10)
         assert check_alerts(quiet, now=T0, wait=True) == []
         fired = check_alerts(ev, now=T0, wait=True)
         assert fired[0]["error"] == "webhook answered HTTP 404"
@@ -358,3 +397,23 @@ def test_alert_4xx_is_not_retried_and_no_threshold_means_no_alert(fast_retries: 
             check_alerts(999999)
     finally:
         hook.stop()
+
+
+def test_alerts_wait_for_enough_scored_runs(db_url: str) -> None:
+    """Below EVALQ_ALERT_MIN_N (10) scored runs a window fires no alert, however low its
+    mean; the current window fires once it holds enough."""
+    ev = make_evaluator(alert_threshold=0.7, alert_window_s=3600)
+    now = T0 + timedelta(minutes=30)
+    add_scores(ev, [(T0 + timedelta(minutes=i), "relevance", 0.0) for i in range(9)]
+               + [(T0, "relevance", None)] * 3)  # unscored runs do not count
+    assert check_alerts(ev, now=now) == []
+    add_scores(ev, [(T0 + timedelta(minutes=20), "relevance", 0.1)])
+    fired = check_alerts(ev, now=now)
+    assert [(a["n"], a["delivered"]) for a in fired] == [(10, False)]
+    assert fired[0]["mean"] == pytest.approx(0.01)
+
+    lone = make_evaluator("lone-bot", alert_threshold=0.7, alert_window_s=3600)
+    add_scores(lone, [(T0, "relevance", 0.0)])
+    assert check_alerts(lone, now=now) == []
+    with EnvPatch(EVALQ_ALERT_MIN_N="1"):
+        assert [a["n"] for a in check_alerts(lone, now=now)] == [1]

@@ -65,7 +65,8 @@ def test_known_scorers_lists_the_builtins_sorted() -> None:
     assert list(known) == sorted(known)
     for name in BUILTINS:
         assert known[name].name == name
-        assert known[name].version == "1"
+        # exact_match is at 2 since JSON objects and lists compare as structures (issue 13).
+        assert known[name].version == ("2" if name == "exact_match" else "1")
         assert known[name].description  # first line of the factory's docstring
 
 

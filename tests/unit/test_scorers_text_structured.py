@@ -46,7 +46,9 @@ def test_every_new_scorer_is_registered_with_a_description_and_reference() -> No
     known = known_scorers()
     for name, reference in NEW.items():
         assert name in known, name
-        assert known[name].version == "1"
+        # numeric (word boundaries, position, several targets) and json_schema (format
+        # checked) changed their results in issue 13: version 2.
+        assert known[name].version == ("2" if name in ("numeric", "json_schema") else "1")
         assert known[name].description and "\n" not in known[name].description
         assert known[name].reference_param == reference, name
 
@@ -354,10 +356,12 @@ def test_numeric_a_hyphen_inside_a_word_is_not_a_minus_sign() -> None:
     assert parse_number("1,234 and 5", anywhere=False) is None  # not the whole text
 
 
-def test_numeric_takes_the_first_number_and_shows_both() -> None:
-    verdict = run({"type": "numeric", "value": 7}, "Between 3 and 7")
+def test_numeric_takes_the_last_number_by_default_and_shows_both() -> None:
+    # Issue 13: a chain-of-thought answer ends with its number; position="first" is the old way.
+    assert run({"type": "numeric", "value": 7}, "Between 3 and 7").passed is True
+    verdict = run({"type": "numeric", "value": 7, "position": "first"}, "Between 3 and 7")
     assert verdict.passed is False
-    assert "output 3 vs expected 7" in (verdict.explanation or "")
+    assert "output 3 (first of 2 numbers) vs expected 7" in (verdict.explanation or "")
     assert verdict.metadata == {"output_number": 3.0, "expected_number": 7.0}
 
 
@@ -376,7 +380,9 @@ def test_numeric_without_a_number_in_the_output_scores_0() -> None:
 
 
 def test_numeric_expected_that_is_not_a_number_cannot_score() -> None:
-    for expected in ("about ten", True, [1, 2], None):
+    # A list is a list of acceptable numbers since issue 13: one that is not a number, or an
+    # empty list, cannot score.
+    for expected in ("about ten", True, [1, "two"], [], None):
         with pytest.raises(ScorerError):
             run("numeric", "10", expected=expected)
 
@@ -524,4 +530,4 @@ def test_step_count_bounds_are_checked_at_bind(params: dict[str, Any]) -> None:
 def test_lookup_lists_the_parameters() -> None:
     assert set(lookup("tool_calls").parameters()) == {"calls", "expected", "order_sensitive",
                                                       "allow_extra"}
-    assert set(lookup("numeric").parameters()) == {"value", "abs_tol", "rel_tol"}
+    assert set(lookup("numeric").parameters()) == {"value", "abs_tol", "rel_tol", "position"}

@@ -6,23 +6,27 @@
   It gets the test case input (and, if it has a `case` parameter, {"id", "input",
   "metadata", "tools"}) and returns a string, or a dict with "output" and optionally
   "tool_calls", "steps", "outcome" (or "status"), "cost_usd", "prompt_tokens",
-  "completion_tokens". Sync callables run on a thread, async ones on the loop.
+  "completion_tokens". Sync callables run on a thread of their own, async ones on the
+  loop. The recorded latency is the call's own time, not loading the callable or waiting
+  for the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import inspect
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from models.settings import Settings
 from models.tables import TargetOutput
 from workers.errors import TargetError
 from workers.llm.calls import redact
+from workers.runtime import aio
 
 _callables: dict[str, Callable[..., Any]] = {}
 
@@ -97,17 +101,51 @@ def _accepts_case(fn: Callable[..., Any]) -> bool:
         return False
 
 
+class _Stopwatch:
+    """The target call's own time: started when the call begins (on its thread, or when
+    its coroutine first runs), stopped when it returns or raises. Loading the callable,
+    waiting for a thread and a busy event loop (a judge importing litellm on it, say)
+    before the caller resumes are not part of it."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.stopped: float | None = None
+
+    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        self.started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.stopped = time.perf_counter()
+
+    async def run_async(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        self.started = time.perf_counter()
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            self.stopped = time.perf_counter()
+
+    def elapsed_ms(self) -> float | None:
+        """Milliseconds the call took (so far, if it has not returned); None if it never
+        started."""
+        if self.started is None:
+            return None
+        return ((self.stopped or time.perf_counter()) - self.started) * 1000
+
+
 async def call_target(path: str, case_input: Any, context: dict[str, Any],
                       settings: Settings) -> TargetOutput:
-    """Run a callable target once; its exception is recorded on the outcome, not raised."""
-    started = time.perf_counter()
+    """Run a callable target once; its exception is recorded on the outcome, not raised.
+    `latency_ms` is the call's own time (see _Stopwatch)."""
+    watch = _Stopwatch()
     try:
         fn = load_callable(path)
         kwargs = {"case": context} if _accepts_case(fn) else {}
         if inspect.iscoroutinefunction(fn):
-            call = fn(case_input, **kwargs)
-        else:
-            call = asyncio.to_thread(fn, case_input, **kwargs)
+            call: Awaitable[Any] = watch.run_async(fn, case_input, **kwargs)
+        else:  # a thread of its own: no queue behind other blocking work, and a call that
+            # never returns holds only its thread (never the process's exit)
+            call = aio.in_thread(functools.partial(watch.run, fn, case_input, **kwargs))
         value = await asyncio.wait_for(call, timeout=settings.target_timeout_s)
         outcome = outcome_from_return(value)
     except TimeoutError:
@@ -117,5 +155,5 @@ async def call_target(path: str, case_input: Any, context: dict[str, Any],
     except Exception as exc:  # noqa: BLE001 - the target's failure is this item's result
         outcome = TargetOutput(error=redact(f"{type(exc).__name__}: {exc}")[:4000],
                                error_type=type(exc).__name__, attempts=1, outcome="FAILED")
-    outcome.latency_ms = (time.perf_counter() - started) * 1000
+    outcome.latency_ms = watch.elapsed_ms()
     return outcome

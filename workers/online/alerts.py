@@ -1,8 +1,9 @@
 """Threshold alerts of online evaluators: at most one per (evaluator, scorer, window).
 
 check_alerts looks at the window (aligned to alert_window_s on the UTC epoch) that holds
-`now` and at the completed window before it. A scorer whose mean there is below the
-evaluator's alert_threshold gets an OnlineAlert row, inserted with ON CONFLICT DO
+`now` and at the completed window before it. A scorer with at least EVALQ_ALERT_MIN_N
+scored runs there whose mean is below the evaluator's alert_threshold gets an OnlineAlert
+row, inserted with ON CONFLICT DO
 NOTHING: only the caller whose insert created the row logs the alert and posts the
 webhook, so concurrent or repeated checks fire once. Delivery is at most once: if the
 process dies between the insert and the POST, the row stays with delivered=False and no
@@ -233,7 +234,10 @@ def check_alerts(evaluator_id: int, *, now: datetime | None = None, wait: bool =
 
     Returns the alerts this call fired (those already fired by an earlier or concurrent
     call are not repeated): dicts with id, evaluator, scorer, window_start, window_end,
-    mean, threshold, n, delivered and error. An evaluator without alert_threshold has none.
+    mean, threshold, n, delivered and error. An evaluator without alert_threshold has none,
+    and a window with fewer than EVALQ_ALERT_MIN_N scored runs (settings.alert_min_n) fires
+    none: the mean of a handful of runs is mostly noise. The current window can still fire
+    later, once enough runs are scored.
 
     Webhooks are posted in the background: `delivered` is None (pending) until the POST
     ends and its outcome is stored on the alert row. `wait=True` waits for them (at most
@@ -256,9 +260,10 @@ def check_alerts(evaluator_id: int, *, now: datetime | None = None, wait: bool =
             since=current - timedelta(seconds=window_s),
             until=current + timedelta(seconds=window_s),
         )
+    min_n = max(1, get_settings().alert_min_n)
     fired: list[tuple[dict[str, Any], Future[str | None] | None]] = []
     for (bucket, scorer), m in sorted(moments.items()):
-        if m.n < 1 or m.total / m.n >= threshold:
+        if m.n < min_n or m.total / m.n >= threshold:
             continue
         start = datetime.fromtimestamp(bucket, UTC)
         one = _fire(evaluator_id, name, webhook_url, scorer, start, window_s,

@@ -1,7 +1,7 @@
 """Scorers: named, versioned factories returning callables that score a Sample.
 
 - `registry`: `register_scorer`, and binding specs to scorers (`resolve_scorers`, `rebind`,
-  `bind_from_data`); it knows no scorer itself.
+  `bind_from_data`); it knows no scorer itself, only how to negate one (`not-NAME`).
 - `base`: what a scorer sees (`Sample`) and returns (`ScoreValue`).
 - the built-in families, registered below on import: `deterministic`, `text`, `structured`,
   `agent`, `judges` (LLM-as-judge), `semantic` (embeddings), `online_judges` (agent runs),

@@ -15,13 +15,13 @@ MAX_LISTED_TOOLS = 10
 
 
 @dataclass(frozen=True)
-class _Want:
+class WantedCall:
     """One expected call: a tool name and, optionally, a subset of its arguments."""
 
     name: str
     arguments: dict[str, Any] | None = None
 
-    def matches(self, call: _Call) -> bool:
+    def matches(self, call: MadeCall) -> bool:
         if call.name != self.name:
             return False
         return self.arguments is None or arguments_match(self.arguments, call.arguments)
@@ -32,7 +32,7 @@ class _Want:
 
 
 @dataclass(frozen=True)
-class _Call:
+class MadeCall:
     """A call the target made; arguments None when they are not a JSON object."""
 
     name: str
@@ -66,13 +66,14 @@ def _parse_arguments(raw: Any) -> dict[str, Any] | None:
     return raw if isinstance(raw, dict) else None
 
 
-def _actual_calls(sample: Sample) -> list[_Call]:
+def actual_calls(sample: Sample) -> list[MadeCall]:
+    """The calls the target made, their arguments parsed; ScorerError for a nameless one."""
     calls = []
     for i, call in enumerate(sample.tool_calls or []):
         if not isinstance(call, dict) or not isinstance(call.get("name"), str):
             raise ScorerError(f"tool_calls: the target's call #{i + 1} has no tool name: "
                               f"{str(call)[:80]}")
-        calls.append(_Call(call["name"], _parse_arguments(call.get("arguments"))))
+        calls.append(MadeCall(call["name"], _parse_arguments(call.get("arguments"))))
     return calls
 
 
@@ -82,9 +83,10 @@ def _arguments_param(where: str, arguments: Any) -> dict[str, Any] | None:
     return arguments
 
 
-def _bind_rules(calls: Any) -> list[tuple[_Want, bool]]:
-    """Steel Thread's form {"tool": {"called": bool, "arguments": {...}}} -> (want, called)."""
-    if not isinstance(calls, dict) or not calls:
+def bind_rules(calls: Any, *, allow_empty: bool = False) -> list[tuple[WantedCall, bool]]:
+    """Steel Thread's form {"tool": {"called": bool, "arguments": {...}}} -> (want, called).
+    An empty object is refused unless `allow_empty` (Steel Thread's own scoring takes it)."""
+    if not isinstance(calls, dict) or not (calls or allow_empty):
         raise TypeError(f'calls must be an object like {{"search": {{"called": true}}}}, '
                         f"got {calls!r}")
     rules = []
@@ -101,11 +103,11 @@ def _bind_rules(calls: Any) -> list[tuple[_Want, bool]]:
         if arguments is not None and not called:
             raise ValueError(f"calls[{name!r}] has arguments but called: false; arguments "
                              "are only checked on a tool that must be called")
-        rules.append((_Want(name, arguments), called))
+        rules.append((WantedCall(name, arguments), called))
     return rules
 
 
-def _bind_expected(expected: Any) -> list[_Want]:
+def _bind_expected(expected: Any) -> list[WantedCall]:
     if not isinstance(expected, list) or not expected:
         raise TypeError(f'expected must be a non-empty list like [{{"name": "search"}}], '
                         f"got {expected!r}")
@@ -121,11 +123,11 @@ def _bind_expected(expected: Any) -> list[_Want]:
             raise ValueError(f"expected[{i}] has unknown keys {', '.join(unknown)}; "
                              "its keys are name and arguments")
         arguments = _arguments_param(f"expected[{i}].arguments", item.get("arguments"))
-        wants.append(_Want(item["name"], arguments))
+        wants.append(WantedCall(item["name"], arguments))
     return wants
 
 
-def _unordered(wants: list[_Want], calls: list[_Call]) -> list[bool]:
+def _unordered(wants: list[WantedCall], calls: list[MadeCall]) -> list[bool]:
     """Which wants get a call of their own in a maximum matching (each call used once)."""
     owner: dict[int, int] = {}  # call index -> want index
 
@@ -143,7 +145,7 @@ def _unordered(wants: list[_Want], calls: list[_Call]) -> list[bool]:
     return [i in owner.values() for i in range(len(wants))]
 
 
-def _in_order(wants: list[_Want], calls: list[_Call]) -> list[bool]:
+def _in_order(wants: list[WantedCall], calls: list[MadeCall]) -> list[bool]:
     """Which wants belong to a longest in-order matching (a subsequence of the calls)."""
     n, m = len(wants), len(calls)
     hit = [[w.matches(c) for c in calls] for w in wants]
@@ -163,7 +165,8 @@ def _in_order(wants: list[_Want], calls: list[_Call]) -> list[bool]:
     return matched
 
 
-def _called_text(names: list[str]) -> str:
+def called_text(names: list[str]) -> str:
+    """The tools called, for an explanation (the first MAX_LISTED_TOOLS of them)."""
     if not names:
         return "no tools called"
     more = len(names) - MAX_LISTED_TOOLS
@@ -183,14 +186,14 @@ def tool_calls(
     if calls is None and expected is None:
         raise ValueError('give calls (like {"search": {"called": true}}) or expected '
                          '(like [{"name": "search", "arguments": {"q": "x"}}]), or both')
-    rules = _bind_rules(calls) if calls is not None else []
+    rules = bind_rules(calls) if calls is not None else []
     wants = _bind_expected(expected) if expected is not None else []
     check_bool("order_sensitive", order_sensitive)
     check_bool("allow_extra", allow_extra)
     known = {want.name for want, _ in rules} | {want.name for want in wants}
 
     def score(sample: Sample) -> ScoreValue:
-        actual = _actual_calls(sample)
+        actual = actual_calls(sample)
         checks: list[tuple[str, bool]] = []
         for want, called in rules:
             hit = any(want.matches(call) for call in actual)
@@ -207,12 +210,12 @@ def tool_calls(
         names = [call.name for call in actual]
         failed = [label for label, ok in checks if not ok]
         meta = {"failed": failed, "called": names}
-        called_text = _called_text(names)
+        listed = called_text(names)
         if not failed:
-            return ScoreValue(1.0, True, f"all {len(checks)} checks passed; {called_text}", meta)
+            return ScoreValue(1.0, True, f"all {len(checks)} checks passed; {listed}", meta)
         return ScoreValue((len(checks) - len(failed)) / len(checks), False,
                           f"{len(failed)} of {len(checks)} checks failed: "
-                          f"{'; '.join(failed)}; {called_text}", meta)
+                          f"{'; '.join(failed)}; {listed}", meta)
 
     return score
 

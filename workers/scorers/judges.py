@@ -291,12 +291,17 @@ def _baseline(explicit: Any, sample: Sample) -> tuple[str, str]:
                       "metadata.baseline_output or expected")
 
 
-@register_scorer("llm_pairwise", version="1", network=True)
+PAIRWISE_OUTCOMES = {1.0: "win", 0.5: "tie", 0.0: "loss"}
+
+
+@register_scorer("llm_pairwise", version="2", network=True)
 def llm_pairwise(*, criteria: str = "Which response better answers the input?",
                  baseline: str | None = None, model: str | None = None,
                  api_base: str | None = None,
                  params: dict[str, Any] | None = None) -> ScorerFn:
-    """A judge compares the output with a baseline twice, positions swapped: win 1, tie 0.5."""
+    """A judge compares the output with a baseline twice, positions swapped: a win (1) or
+    a loss (0) only when both orders agree; a tie, or verdicts that disagree (position
+    bias), is a tie (0.5). Passes only on a win."""
     criteria = _criteria(criteria)
     judge, shape = judge_for(model, api_base, params), choice_shape("winner", ("A", "B", "tie"))
 
@@ -315,12 +320,19 @@ def llm_pairwise(*, criteria: str = "Which response better answers the input?",
             points = 0.5 if winner == "tie" else float(winner == position)
             verdicts.append({"candidate_position": position, "winner": winner,
                              "candidate_points": points, "reasoning": answer["reasoning"]})
-        value = sum(v["candidate_points"] for v in verdicts) / 2
         consistent = verdicts[0]["candidate_points"] == verdicts[1]["candidate_points"]
+        value = verdicts[0]["candidate_points"] if consistent else 0.5
+        outcome = PAIRWISE_OUTCOMES[value]
         explanation = " | ".join(f"candidate as {v['candidate_position']}: winner "
                                  f"{v['winner']} — {v['reasoning']}" for v in verdicts)
-        return session.verdict(value, value >= 0.5, explanation,
-                               {"verdicts": verdicts, "consistent": consistent,
+        if not consistent:
+            swapped = ", ".join(f"{PAIRWISE_OUTCOMES[v['candidate_points']]} as "
+                                f"{v['candidate_position']}" for v in verdicts)
+            explanation = (f"position-biased: the verdict changed when the responses swapped "
+                           f"places (candidate {swapped}), counted as a tie | {explanation}")
+        return session.verdict(value, outcome == "win", explanation,
+                               {"verdicts": verdicts, "outcome": outcome,
+                                "consistent": consistent, "position_biased": not consistent,
                                 "baseline_source": source})
 
     return score

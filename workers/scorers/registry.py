@@ -12,7 +12,8 @@ path without importing it. Only the operator's own specs (`--scorer`, the Python
 The registry knows no scorer by itself: a scorer module registers its factories with
 `@register_scorer` when it is imported (the package `workers.scorers` imports the
 built-in ones), and scorers of other packages come from the `evalq.scorers` entry points,
-loaded at the first lookup.
+loaded at the first lookup. It only knows how to negate one: `not-NAME` (promptfoo's `not-*`)
+is the scorer NAME with its parameters, its value 1 - NAME's and its verdict inverted.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
-from workers.errors import ScorerConfigError, UnknownScorer
-from workers.scorers.base import ScorerFn
+from workers.errors import ScorerConfigError, ScorerError, UnknownScorer
+from workers.scorers.base import Sample, ScorerFn, ScoreValue
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,69 @@ def register_scorer(
         return factory
 
     return decorate
+
+
+# --- negation: not-NAME ----------------------------------------------------------------------
+
+NEGATION_PREFIX = "not-"
+NEGATION_VERSION = "1"  # of the negation itself; a not-NAME's version is NAME's plus this one
+_NEGATION_LISTING = "not-<scorer>"
+
+
+def _inverted(verdict: Any) -> ScoreValue:
+    if isinstance(verdict, bool | int | float):
+        verdict = ScoreValue(float(verdict))
+    if not isinstance(verdict, ScoreValue):
+        raise ScorerError(f"returned {type(verdict).__name__}, not a ScoreValue")
+    inner = verdict.explanation or ("the scorer passed" if verdict.passed
+                                    else "the scorer failed")
+    return ScoreValue(
+        1.0 - verdict.value, not verdict.passed, f"negated: {inner}",
+        {**(verdict.metadata or {}), "negated": {"value": verdict.value,
+                                                 "passed": verdict.passed}},
+        verdict.judge_model, verdict.judge_cost_usd, verdict.judge_tokens,
+        verdict.judge_latency_ms)
+
+
+async def _await_inverted(pending: Awaitable[Any]) -> ScoreValue:
+    return _inverted(await pending)
+
+
+def negate(fn: ScorerFn) -> ScorerFn:
+    """A scoring callable giving 1 - fn's value and the opposite verdict; "could not score"
+    (fn raising) stays "could not score". Async stays async, sync stays sync."""
+    if inspect.iscoroutinefunction(fn):
+        async def negated_async(sample: Sample) -> ScoreValue:
+            return _inverted(await fn(sample))  # type: ignore[misc]
+        return negated_async
+
+    def negated(sample: Sample) -> ScoreValue | Awaitable[ScoreValue]:
+        verdict = fn(sample)
+        return _await_inverted(verdict) if inspect.isawaitable(verdict) else _inverted(verdict)
+
+    return negated
+
+
+def _negation(name: str, inner: ScorerInfo) -> ScorerInfo:
+    def factory(**params: Any) -> ScorerFn:
+        return negate(inner.factory(**params))
+
+    factory.__signature__ = inspect.signature(inner.factory)  # type: ignore[attr-defined]
+    return ScorerInfo(name, f"{inner.version}-not{NEGATION_VERSION}", factory,
+                      f"negation of {inner.name}: value 1 - its value, passes when it fails",
+                      inner.reference_param, inner.network)
+
+
+def _negation_listing() -> ScorerFn:
+    """Any scorer negated, promptfoo's not-*: not-contains, not-regex, not-json_schema... takes
+    the scorer's parameters; value 1 - its value, passes when it fails, "could not score" stays
+    so."""
+    raise ValueError("write not- followed by a scorer's name, e.g. not-contains")
+
+
+_REGISTRY[_NEGATION_LISTING] = ScorerInfo(
+    _NEGATION_LISTING, NEGATION_VERSION, _negation_listing,
+    " ".join((inspect.getdoc(_negation_listing) or "").split()))
 
 
 _entry_points_loaded = False
@@ -172,8 +236,10 @@ def is_import_path(name: str) -> bool:
 def lookup(name: str, *, allow_import: bool = True) -> ScorerInfo:
     """The registered scorer called `name`, or with `allow_import` (the operator's own
     specs only) the scorer at a `module:attr` dotted path, imported. Without it, a dotted
-    path is refused and never imported."""
+    path is refused and never imported. `not-NAME` is NAME negated (see `negate`)."""
     _load_entry_points()
+    if name.startswith(NEGATION_PREFIX) and name not in _REGISTRY:
+        return _negation(name, lookup(name[len(NEGATION_PREFIX):], allow_import=allow_import))
     if not allow_import:
         info = _REGISTRY.get(name)
         if info is not None:

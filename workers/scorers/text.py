@@ -1,9 +1,12 @@
-"""Text scorers: substrings, prefixes, similarity, length, and latency/cost budgets."""
+"""Text scorers: substrings, prefixes, similarity (edit distance, difflib, token F1, ROUGE-N),
+length, and latency/cost budgets."""
 
 from __future__ import annotations
 
 import difflib
+import re
 import unicodedata
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -169,7 +172,12 @@ def _similarity_scorer(name: str, measure: Callable[[str, str], float], value: A
 @register_scorer("levenshtein", version="1", reference_param="value")
 def levenshtein(*, value: Any = None, threshold: float = 0.8,
                 ignore_case: bool = True) -> ScorerFn:
-    """Edit-distance similarity 1 - distance/longest to expected (best of a list) >= threshold."""
+    """Normalised edit-distance similarity 1 - distance/longest to expected (best of a list)
+    >= threshold. Not promptfoo's levenshtein, an absolute distance: that is edit_distance."""
+    if isinstance(threshold, int | float) and not isinstance(threshold, bool) and threshold > 1:
+        raise ValueError(f"threshold is a similarity between 0 and 1, got {threshold}; for an "
+                         "absolute edit distance (promptfoo's levenshtein threshold) use "
+                         f'{{"type": "edit_distance", "max_distance": {threshold:g}}}')
     return _similarity_scorer("levenshtein", _levenshtein_similarity, value, threshold,
                               ignore_case)
 
@@ -178,6 +186,193 @@ def levenshtein(*, value: Any = None, threshold: float = 0.8,
 def fuzzy(*, value: Any = None, threshold: float = 0.8, ignore_case: bool = True) -> ScorerFn:
     """difflib SequenceMatcher ratio to expected (best of a list) >= threshold."""
     return _similarity_scorer("fuzzy", _fuzzy_similarity, value, threshold, ignore_case)
+
+
+# --- absolute edit distance (promptfoo's levenshtein) -----------------------------------------
+
+MAX_EDIT_CELLS = MAX_LEVENSHTEIN_CHARS ** 2  # the work levenshtein allows, in DP cells
+
+
+def bounded_distance(a: str, b: str, limit: int) -> int | None:
+    """The edit distance of a and b if it is at most `limit`, else None. Only the diagonal
+    band |i - j| <= limit of the dynamic programme is computed (Ukkonen): O(limit x length)."""
+    shortest = min(len(a), len(b))
+    start = 0
+    while start < shortest and a[start] == b[start]:
+        start += 1
+    end = 0
+    while end < shortest - start and a[-1 - end] == b[-1 - end]:
+        end += 1
+    a, b = a[start:len(a) - end], b[start:len(b) - end]
+    if len(a) < len(b):
+        a, b = b, a
+    n, m = len(a), len(b)
+    if n - m > limit:
+        return None
+    if m == 0:
+        return n
+    over = limit + 1  # any value above the limit
+    previous = [j if j <= limit else over for j in range(m + 1)]
+    current = [over] * (m + 1)
+    for i in range(1, n + 1):
+        low, high = max(1, i - limit), min(m, i + limit)
+        current[low - 1] = i if low == 1 and i <= limit else over
+        if high < m:
+            current[high + 1] = over
+        best_in_row = current[low - 1]
+        char_a = a[i - 1]
+        for j in range(low, high + 1):
+            cell = previous[j - 1] + (char_a != b[j - 1])
+            if previous[j] + 1 < cell:
+                cell = previous[j] + 1
+            if current[j - 1] + 1 < cell:
+                cell = current[j - 1] + 1
+            current[j] = cell if cell < over else over
+            if cell < best_in_row:
+                best_in_row = cell
+        if best_in_row > limit:
+            return None
+        previous, current = current, previous
+    return previous[m] if previous[m] <= limit else None
+
+
+@register_scorer("edit_distance", version="1", reference_param="value")
+def edit_distance(*, value: Any = None, max_distance: int = 5,
+                  ignore_case: bool = False) -> ScorerFn:
+    """Levenshtein distance to expected (the nearest of a list) is at most max_distance edits:
+    promptfoo's levenshtein (its threshold, default 5, case-sensitive); value 1 or 0."""
+    _check_reference("value", value)
+    if isinstance(max_distance, bool) or not isinstance(max_distance, int):
+        raise TypeError(f"max_distance must be a whole number of edits, got {max_distance!r}")
+    if max_distance < 0:
+        raise ValueError(f"max_distance must be at least 0, got {max_distance}")
+    check_bool("ignore_case", ignore_case)
+
+    def score(sample: Sample) -> ScoreValue:
+        out = _fold(output_text(sample, "edit_distance"), ignore_case)
+        refs = reference_texts(value, sample, "edit_distance")
+        best: tuple[int, str] | None = None
+        for ref in refs:
+            folded = _fold(ref, ignore_case)
+            if (2 * max_distance + 1) * min(len(out), len(folded)) > MAX_EDIT_CELLS:
+                raise ScorerError(f"edit_distance: texts of {len(out):,} and {len(folded):,} "
+                                  f"characters with max_distance {max_distance} are more than "
+                                  "this scorer compares; use fuzzy for long texts")
+            found = bounded_distance(out, folded, max_distance)
+            if found is not None and (best is None or found < best[0]):
+                best = (found, ref)
+        if best is not None:
+            return ScoreValue(1.0, True, f"edit distance {best[0]} to {best[1][:80]!r}, at most "
+                              f"{max_distance}", {"distance": best[0], "reference": best[1]})
+        return ScoreValue(0.0, False, f"edit distance to {_listing(refs)} is more than "
+                          f"{max_distance}", {"distance": None})
+
+    return score
+
+
+# --- token overlap: SQuAD F1 and ROUGE-N ------------------------------------------------------
+
+_ARTICLES = re.compile(r"\b(?:a|an|the)\b")
+_ASCII_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+_WORDS = re.compile(r"[^\W_]+")
+
+
+def _is_punctuation(char: str) -> bool:
+    return char in _ASCII_PUNCTUATION or unicodedata.category(char).startswith("P")
+
+
+def squad_tokens(text: str) -> list[str]:
+    """SQuAD's answer normalisation, as tokens: lower case, punctuation removed (ASCII and
+    Unicode), the articles a/an/the removed, split on whitespace."""
+    text = unicodedata.normalize("NFC", text).casefold()
+    text = "".join(" " if char.isspace() else char for char in text
+                   if not _is_punctuation(char))
+    return _ARTICLES.sub(" ", text).split()
+
+
+def token_f1_score(prediction: list[str], reference: list[str]) -> float:
+    """SQuAD's F1 of two token lists (multisets: a repeated token counts as often as it is
+    shared); both empty: 1, one empty: 0."""
+    if not prediction or not reference:
+        return float(prediction == reference)
+    shared = sum((Counter(prediction) & Counter(reference)).values())
+    if shared == 0:
+        return 0.0
+    precision, recall = shared / len(prediction), shared / len(reference)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _threshold_verdict(name: str, best: float, threshold: float, reference: str,
+                       meta: dict[str, Any]) -> ScoreValue:
+    ok = best >= threshold
+    return ScoreValue(best, ok, f"{name} {best:.3f} against {reference[:80]!r}, "
+                      f"{'at least' if ok else 'below'} threshold {threshold}",
+                      {**meta, "reference": reference})
+
+
+@register_scorer("token_f1", version="1", reference_param="value")
+def token_f1(*, value: Any = None, threshold: float = 1.0) -> ScorerFn:
+    """SQuAD token F1 to expected (the best of a list), as Inspect AI's f1: lower case, no
+    punctuation or articles, whitespace tokens; passes at >= threshold (1.0: every token)."""
+    _check_reference("value", value)
+    check_number("threshold", threshold, low=0.0, high=1.0)
+
+    def score(sample: Sample) -> ScoreValue:
+        out = squad_tokens(output_text(sample, "token_f1"))
+        refs = reference_texts(value, sample, "token_f1")
+        best, best_ref = max(((token_f1_score(out, squad_tokens(r)), r) for r in refs),
+                             key=lambda pair: pair[0])
+        return _threshold_verdict("token F1", best, threshold, best_ref, {"f1": best})
+
+    return score
+
+
+ROUGE_MEASURES = ("recall", "precision", "f1")
+
+
+def _ngrams(tokens: list[str], n: int) -> Counter[tuple[str, ...]]:
+    return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+
+
+def rouge_n_scores(candidate: str, reference: str, n: int) -> dict[str, float] | None:
+    """ROUGE-N of a candidate against one reference: recall (shared n-grams / the reference's),
+    precision (/ the candidate's) and their F1, with n-gram counts clipped; tokens are runs of
+    letters and digits, lower-cased. None when the reference has fewer than n tokens."""
+    ref = _ngrams(_WORDS.findall(unicodedata.normalize("NFC", reference).casefold()), n)
+    if not ref:
+        return None
+    cand = _ngrams(_WORDS.findall(unicodedata.normalize("NFC", candidate).casefold()), n)
+    shared = sum((cand & ref).values())
+    recall = shared / sum(ref.values())
+    precision = shared / sum(cand.values()) if cand else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if shared else 0.0
+    return {"recall": recall, "precision": precision, "f1": f1}
+
+
+@register_scorer("rouge_n", version="1", reference_param="value")
+def rouge_n(*, value: Any = None, n: int = 1, threshold: float = 0.75,
+            measure: str = "recall") -> ScorerFn:
+    """ROUGE-N to expected (the best of a list): n-gram recall by default, as promptfoo's
+    rouge-n (threshold 0.75), or precision / f1 (`measure`); punctuation is not a token."""
+    _check_reference("value", value)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 4:
+        raise ValueError(f"n must be a whole number from 1 to 4, got {n!r}")
+    check_number("threshold", threshold, low=0.0, high=1.0)
+    if measure not in ROUGE_MEASURES:
+        raise ValueError(f"measure must be one of {', '.join(ROUGE_MEASURES)}, got {measure!r}")
+
+    def score(sample: Sample) -> ScoreValue:
+        out = output_text(sample, "rouge_n")
+        refs = reference_texts(value, sample, "rouge_n")
+        scored = [(s, r) for r in refs if (s := rouge_n_scores(out, r, n)) is not None]
+        if not scored:
+            raise ScorerError(f"rouge_n: the reference has fewer than {n} words: no "
+                              f"{n}-grams to recall")
+        best, best_ref = max(scored, key=lambda pair: pair[0][measure])
+        return _threshold_verdict(f"ROUGE-{n} {measure}", best[measure], threshold, best_ref,
+                                  dict(best))
+
+    return score
 
 
 # --- length and budgets -----------------------------------------------------------------------
