@@ -21,6 +21,7 @@ from scheduler.cli import render
 from scheduler.cli.common import emit_json, handle_errors, parse_scorer, warn_no_worker
 from scheduler.errors import InputError
 from scheduler.experiments.datasets import resolve_dataset
+from scheduler.experiments.enqueue import default_scorers
 from scheduler.experiments.reruns import rerun_failed, wait_for_rescore
 from scheduler.experiments.reruns import rescore as add_scorers
 from scheduler.experiments.reruns import resume as resume_run
@@ -165,11 +166,9 @@ def run_labels(dataset: str, scorers: list[str | dict[str, Any]] | None) -> list
     None when the run would score nothing (enqueue refuses it, saying why)."""
     parsed = resolve_dataset(dataset)
     if scorers is None:
-        if all(item["expected"] is not None for item in parsed.items):
-            scorers = ["exact_match"]
-        elif any(item["assertions"] for item in parsed.items):
-            scorers = []
-        else:
+        try:
+            scorers = default_scorers(parsed)
+        except InputError:
             return None
     labels = [s.label for s in resolve_scorer_specs(scorers)]
     for item in parsed.items:

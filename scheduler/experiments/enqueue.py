@@ -58,7 +58,7 @@ def _validate_items(parsed: ParsedDataset, prompt: str | None, needs_expected: l
             )
 
 
-def _default_scorers(parsed: ParsedDataset) -> list[str | dict[str, Any]]:
+def default_scorers(parsed: ParsedDataset) -> list[str | dict[str, Any]]:
     """exact_match when every case has an expected answer; otherwise assertions only."""
     if all(item["expected"] is not None for item in parsed.items):
         return ["exact_match"]
@@ -127,7 +127,7 @@ def enqueue_offline_run(
         resolved = resolve_scorer_specs(scorers)
     parsed = resolve_dataset(dataset)
     if scorers is None:
-        resolved = resolve_scorer_specs(_default_scorers(parsed))
+        resolved = resolve_scorer_specs(default_scorers(parsed))
     needs = [s.label for s in resolved if s.needs_expected]
     _validate_items(parsed, prompt, needs, check_prompt=target is None)
     prepare_database()
