@@ -2,9 +2,11 @@
 
 A 10 ms target scored by an LLM judge was recorded at ~3,400 ms: the clock started before
 the callable was loaded and before the thread pool took the call, and the first judge
-call imports litellm on the event loop (about 3 s, the loop blocked), so a sync target
-that had finished on its thread was only seen as done once the import was over. The
-recorded latency must not include any of that. The bound asserted is not a speed claim:
+call imported litellm on the event loop (about 3 s, the loop blocked), so a sync target
+that had finished on its thread was only seen as done once the import was over, and an
+async target awaited meanwhile was stalled with the loop. The recorded latency must not
+include any of that: the target call is timed on its own (on its thread, or around its
+coroutine), and judges set litellm up on a thread. The bound asserted is not a speed claim:
 the judge is configured to answer in 500 ms, and a target that sleeps 10 ms must be
 recorded well under that, whatever the judge, the import or the thread pool did.
 """
@@ -59,11 +61,22 @@ async def sleepy_async(query: str) -> dict[str, str]:
     return {"output": f"{(time.perf_counter() - started) * 1000:.3f}"}
 
 
+async def staggered_async(query: str) -> dict[str, str]:
+    """An async target that sleeps 10 ms x (1 + the number ending the query): the first
+    one done is judged while the others still wait."""
+    started = time.perf_counter()
+    await asyncio.sleep(SLEEP_S * (1 + int(query.split()[-1])))
+    return {"output": f"{(time.perf_counter() - started) * 1000:.3f}"}
+
+
+@pytest.mark.parametrize("target", ["sleepy", "staggered_async"])
 def test_callable_target_latency_excludes_the_judge_and_litellm_import(
-        embedded_env: EnvPatch, fake_llm: FakeLLM, tmp_path: Path) -> None:
-    """A fresh `evalq run` process (litellm not imported yet), 8 items in one chunk run
-    at once, each judged by llm_rubric whose answer takes 500 ms: every recorded latency
-    is at least the target's own sleep and far below the judge's 500 ms."""
+        embedded_env: EnvPatch, fake_llm: FakeLLM, tmp_path: Path, target: str) -> None:
+    """A fresh process (litellm not imported yet), 8 items in one chunk run at once, each
+    judged by llm_rubric whose answer takes 500 ms: every recorded latency is at least the
+    target's own sleep and far below the judge's 500 ms. Sync targets finish on their
+    threads while the first judge call sets litellm up; async ones (10 to 80 ms) are
+    still awaited on the loop then."""
     dataset = write_jsonl(tmp_path / "sleepy.jsonl", [
         {"id": f"c{i}", "input": f"question {i}",
          "assertions": [{"type": "latency", "threshold_ms": JUDGE_MS}]} for i in range(8)])
@@ -73,7 +86,7 @@ def test_callable_target_latency_excludes_the_judge_and_litellm_import(
     with EnvPatch(EVALQ_JUDGE_MODEL="openai/gpt-4o-mini",
                   EVALQ_JUDGE_API_BASE=fake_llm.base_url, EVALQ_CONCURRENCY="8",
                   EVALQ_CHUNK_SIZE="8"):
-        done = subprocess.run([sys.executable, "-c", RUN, str(dataset), f"{__name__}:sleepy",
+        done = subprocess.run([sys.executable, "-c", RUN, str(dataset), f"{__name__}:{target}",
                                judge], cwd=REPO, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
     exp_id = int(done.stdout.strip().splitlines()[-1])
@@ -145,10 +158,3 @@ def test_an_async_target_is_timed_around_its_own_coroutine() -> None:
     own = float(outcome.output or "nan")
     assert outcome.latency_ms is not None and own <= outcome.latency_ms < JUDGE_MS
 
-
-async def staggered_async(query: str) -> dict[str, str]:
-    """An async target that sleeps 10 ms x (1 + the number ending the query): the first
-    one done is judged while the others still wait."""
-    started = time.perf_counter()
-    await asyncio.sleep(SLEEP_S * (1 + int(query.split()[-1])))
-    return {"output": f"{(time.perf_counter() - started) * 1000:.3f}"}

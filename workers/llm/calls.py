@@ -17,6 +17,7 @@ environment at call time. Importing this module scrubs the HTTP libraries' log r
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import logging
@@ -64,6 +65,15 @@ def setup_litellm() -> Any:
         litellm.custom_provider_map = [{"provider": "evalq", "custom_handler": make_handler()}]
         _configured = True
     return litellm
+
+
+async def litellm_ready() -> Any:
+    """`setup_litellm()` for async code: the first import (about 3 s) runs on a thread, not
+    on the event loop, where it would stall every target, scorer and model call sharing
+    the loop (and a callable target awaited meanwhile would be timed 3 s slower)."""
+    if _configured:
+        return setup_litellm()
+    return await asyncio.to_thread(setup_litellm)
 
 
 def redact(text: str, values: tuple[str, ...] | list[str] = ()) -> str:
@@ -318,7 +328,7 @@ async def call_model(
     params: dict[str, Any] | None = None,
 ) -> TargetOutput:
     """Call the model with retries; never raises for a model error (it is recorded)."""
-    litellm = setup_litellm()
+    litellm = await litellm_ready()
     outcome = TargetOutput()
     try:
         params = resolve_header_env(params)

@@ -10,7 +10,7 @@ from typing import Any
 
 from models.settings import get_settings
 from workers.errors import ScorerError
-from workers.llm.calls import redact, retry_policy, setup_litellm
+from workers.llm.calls import litellm_ready, redact, retry_policy
 from workers.scorers.base import Sample, ScorerFn, ScoreValue
 from workers.scorers.checks import output_text
 from workers.scorers.registry import register_scorer
@@ -74,7 +74,7 @@ def embedding_similarity(*, value: Any = None, threshold: float = 0.8,
         used_model = model or settings.embedding_model
         if not output.strip():
             return ScoreValue(0.0, False, "empty output", judge_model=used_model)
-        litellm = setup_litellm()  # lazy: imports litellm (~3 s) on the first call only
+        litellm = await litellm_ready()  # imports litellm on a thread on the first call
         kwargs: dict[str, Any] = {"timeout": settings.request_timeout_s}
         if base := api_base or settings.judge_api_base:
             kwargs["api_base"] = base
