@@ -403,11 +403,20 @@ def spent_usd(*, session: Session, experiment_id: int) -> float:
 
 def headline_scores(*, session: Session, experiment_ids: Sequence[int]
                     ) -> dict[int, dict[str, float]]:
-    """Mean score per scorer label of each experiment (one grouped query)."""
+    """Mean score per scorer label of each experiment, as the report computes it: each
+    item's repeats averaged first, then the mean of the item means (one grouped query)."""
+    per_item = (
+        sa.select(col(Score.experiment_id).label("exp"), col(Score.scorer).label("label"),
+                  sa.func.avg(Score.value).label("item_mean"))
+        .join(Result, col(Result.id) == col(Score.subject_id))
+        .where(col(Score.experiment_id).in_(list(experiment_ids)),
+               col(Score.subject_type) == SubjectType.RESULT.value,
+               col(Score.value).is_not(None))
+        .group_by(col(Score.experiment_id), col(Score.scorer), col(Result.item_id))
+        .subquery())
     rows = session.execute(
-        sa.select(col(Score.experiment_id), col(Score.scorer), sa.func.avg(Score.value))
-        .where(col(Score.experiment_id).in_(list(experiment_ids)))
-        .group_by(col(Score.experiment_id), col(Score.scorer))
+        sa.select(per_item.c.exp, per_item.c.label, sa.func.avg(per_item.c.item_mean))
+        .group_by(per_item.c.exp, per_item.c.label)
     ).all()
     out: dict[int, dict[str, float]] = {}
     for exp_id, label, mean in rows:

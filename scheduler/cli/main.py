@@ -15,11 +15,11 @@ import typer
 from rich.markup import escape
 from sqlmodel import col, select
 
-from models.crud import headline_scores, list_experiments, result_status_counts
+from models.crud import headline_scores, list_experiments
 from models.db import get_engine, safe_url, session_scope
 from models.migrate import current_revision, head_revision, upgrade
 from models.settings import get_settings
-from models.tables import Dataset, ResultStatus
+from models.tables import Dataset
 from scheduler.api import wait_for_experiment
 from scheduler.cli import render
 from scheduler.cli.common import (
@@ -183,11 +183,6 @@ def status(
     spent); in distributed mode also the messages waiting in each queue, the experiment's
     queued and running tasks, and the live workers (those holding its work by name)."""
     state = progress(experiment_id)
-    with session_scope() as session:
-        skipped = result_status_counts(session=session, experiment_id=experiment_id).get(
-            ResultStatus.SKIPPED_BUDGET.value, 0)
-    # The experiment's failed counter includes the items skipped by the budget.
-    state.update(failed=max(0, state["failed"] - skipped), skipped_budget=skipped)
     extra = experiment_liveness(experiment_id, pending=0 if state["status"] in DONE_STATUSES
                                 else state["pending"])
     if as_json:

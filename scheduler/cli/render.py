@@ -165,7 +165,7 @@ def progress_bar(total: int, enabled: bool) -> Iterator[Callable[[dict[str, Any]
         task = bar.add_task("evaluating", total=total, failed=0)
 
         def update(state: dict[str, Any]) -> None:
-            bar.update(task, completed=state["done"] + state["failed"], failed=state["failed"])
+            bar.update(task, completed=state["total"] - state["pending"], failed=state["failed"])
 
         yield update
 

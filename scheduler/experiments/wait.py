@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from models.crud import get_experiment
+from models.crud import get_experiment, result_status_counts
 from models.db import session_scope
 from models.settings import get_settings
-from models.tables import ExperimentStatus
+from models.tables import ExperimentStatus, ResultStatus
 from scheduler.errors import WaitTimeout
 from scheduler.experiments import embedded
 from scheduler.liveness import NoWorkerWatch
@@ -20,11 +20,16 @@ DONE_STATUSES = {ExperimentStatus.COMPLETED.value, ExperimentStatus.FAILED.value
 
 
 def progress(experiment_id: int) -> dict[str, Any]:
-    """Status and counts of an experiment, read from the database."""
+    """Status and counts of an experiment, read from the database: done, failed (the
+    target errored), skipped_budget (not run: the --max-cost budget was spent), pending."""
     with session_scope() as session:
         exp = get_experiment(session=session, experiment_id=experiment_id)
+        # The experiment's failed counter includes the items the budget skipped.
+        skipped = result_status_counts(session=session, experiment_id=experiment_id).get(
+            ResultStatus.SKIPPED_BUDGET.value, 0) if exp.n_failed else 0
         return {"experiment_id": exp.id, "status": exp.status, "total": exp.total_items,
-                "done": exp.n_done, "failed": exp.n_failed,
+                "done": exp.n_done, "failed": max(0, exp.n_failed - skipped),
+                "skipped_budget": skipped,
                 "pending": max(0, exp.total_items - exp.n_done - exp.n_failed),
                 "error": exp.error}
 
@@ -62,7 +67,7 @@ def wait_until_done(
         if deadline is not None and time.monotonic() >= deadline:
             raise WaitTimeout(
                 f"experiment {experiment_id} is still {state['status']} after {timeout} s "
-                f"({state['done'] + state['failed']}/{state['total']} done); it keeps running: "
+                f"({state['total'] - state['pending']}/{state['total']} done); it keeps running: "
                 f"check later with `evalq status {experiment_id}`"
             )
         time.sleep(settings.poll_interval_s)
