@@ -36,7 +36,10 @@ class Settings(BaseSettings):
         "the built-in offline toy model, which needs no key and no network.",
     )
     concurrency: int = Field(
-        16, ge=1, le=1024, description="Embedded mode: items evaluated at once."
+        50, ge=1, le=1024, description="Embedded mode: items evaluated at once (model calls in "
+        "flight). 50 keeps a provider's usual 0.5-2 s latency from being the bottleneck "
+        "(25-100 calls/s); a 429 is retried after its Retry-After, and EVALQ_RATE_LIMITS caps "
+        "a low tier."
     )
     model_concurrency: int = Field(
         32, ge=1, le=4096, description="Worker process: target calls in flight at once "
@@ -141,6 +144,18 @@ class Settings(BaseSettings):
         60.0, gt=0, le=3600, description="`evalq serve`: the whole POST /runs body must arrive "
         "within this long after its head (408 otherwise)."
     )
+    ingest_url: str | None = Field(
+        None, description="record_run sends to `evalq serve` at this base URL (with "
+        "EVALQ_INGEST_TOKEN) instead of writing to the database.")
+    record_buffer: int = Field(
+        10_000, ge=1, description="record_run: runs held in memory at most; more are "
+        "dropped and counted (sender.stats()['dropped']).")
+    record_batch: int = Field(
+        500, ge=1, le=1000, description="record_run: runs per background write or POST.")
+    record_flush_interval_s: float = Field(
+        0.5, gt=0, description="record_run: the background sender writes at least this often.")
+    record_exit_timeout_s: float = Field(
+        5.0, ge=0, description="record_run: how long the flush at interpreter exit may take.")
     tick_interval_s: float = Field(
         5.0, gt=0, description="How often beat runs the online tick (each evaluator still "
         "runs at its own --every)."

@@ -126,6 +126,9 @@ class Experiment(ExperimentBase, table=True):
     cache_mode: str = Field(default="auto", max_length=10,
                             sa_column_kwargs={"server_default": "auto"})
     max_cost_usd: float | None = None  # budget: no new model call once spent cost reaches it
+    # Items evaluated at once when the run was enqueued: EVALQ_CONCURRENCY (embedded), the
+    # live workers' summed concurrency from their heartbeats (distributed); None: unknown.
+    concurrency: int | None = None
     created_at: datetime = _ts()
     # The first start, never restamped: the experiment's span is first_started_at to
     # finished_at. started_at is the last (re)start (a resume or rerun stamps it again).

@@ -17,7 +17,8 @@ from scheduler.errors import (
 from scheduler.experiments.dataset_file import ParsedDataset, load_dataset_file
 from scheduler.experiments.enqueue import enqueue_offline_run
 from scheduler.experiments.wait import progress
-from scheduler.ingest.records import IngestSummary, RunIn, record_run, record_runs
+from scheduler.ingest.records import IngestSummary, RunIn, record_runs
+from scheduler.ingest.sender import flush_runs, record_run
 from scheduler.reports.experiment import experiment_report
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "WaitTimeout",
     "enqueue_offline_run",
     "experiment_report",
+    "flush_runs",
     "load_dataset_file",
     "progress",
     "record_run",

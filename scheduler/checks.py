@@ -66,7 +66,9 @@ def check_api_base(api_base: str | None) -> None:
 
 
 def check_model(model: str, api_base: str | None) -> None:
-    """Refuse a model name litellm cannot route, before anything is written."""
+    """Refuse a model name litellm cannot route, before anything is written. Imports
+    litellm (~3 s): embedded runs only; in distributed mode the first worker finds an
+    unknown model (workers.offline.failfast stops the experiment with litellm's reason)."""
     if model.startswith("evalq/"):
         return
     litellm = setup_litellm()

@@ -1,7 +1,8 @@
 """Data plane of evalq: the Celery app, tasks, model calls and scorers.
 
-`celery -A workers worker` finds `workers.app`. Importing this package is cheap:
-litellm is imported only when a task first calls a model.
+`celery -A workers worker` finds `workers.app`. Importing this package is cheap: litellm is
+imported by a worker before it reports ready (workers/warmup.py), and by the first model
+call of any other process.
 """
 
 from workers.celery_app import app

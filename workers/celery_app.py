@@ -1,7 +1,8 @@
 """The Celery application, configured from evalq's settings.
 
 Reliability settings are on from day one: late acks, reject on worker loss,
-prefetch of one task per pool slot, task events for Flower.
+prefetch of one task per pool slot, task events for Flower. A worker warms up (litellm,
+the database pool, the rate limiter and cache clients: workers.warmup) before it is ready.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from workers.delivery.queues import TASK_QUEUES, Queue
 from workers.llm.ratelimit import require_shared_rate_limits
 from workers.llm.redis_url import RedisRequired
 from workers.runtime.logsafe import install_log_filters
+from workers.warmup import warm_up
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +139,19 @@ def _refuse_unmigrated_database(**_: object) -> None:
         raise SystemExit(f"evalq worker cannot start: {exc}") from None
 
 
+@signals.worker_ready.connect
+def _warm_up(sender: Any = None, **_: object) -> None:
+    """Warm before the worker logs "ready." and before its event loop takes a message,
+    so the first experiment runs at the steady rate (workers.warmup). A prefork pool's
+    children run tasks, not this process: each warms itself (below)."""
+    if type(getattr(sender, "pool", None)).__module__.endswith(".prefork"):
+        return
+    warm_up()
+
+
 @signals.worker_process_init.connect
 def _reset_after_fork(**_: object) -> None:
-    """Connections and event loops are not shared across a fork."""
+    """Connections and event loops are not shared across a fork: a prefork child makes
+    its own, and warms up, before it takes a task."""
     dispose_engines()
+    warm_up()

@@ -43,6 +43,7 @@ def print_report(report: dict[str, Any]) -> None:
         f"[bold]Experiment {report['experiment_id']}[/bold] {_e(report['name'])}  "
         f"status=[bold]{report['status']}[/bold]  model={_e(report['model'])}  "
         f"dataset={_e(ds['name'])}@{(ds['version'] or '')[:8]}  mode={report['mode']}"
+        + (f"  concurrency={report['concurrency']}" if report.get("concurrency") else "")
     )
     out.print(
         f"items: {c['total']} total, [green]{c['done']} done[/green], "

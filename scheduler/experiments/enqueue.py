@@ -8,11 +8,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sqlmodel import Session
+
 from models.crud import create_experiment, dataset_item_ids, get_or_create_dataset
 from models.db import session_scope
+from models.leases import live_workers
 from models.migrate import prepare_database
-from models.settings import get_settings
-from models.tables import Experiment
+from models.settings import Settings, get_settings
+from models.tables import Experiment, utcnow
 from scheduler.checks import (
     check_api_base,
     check_model,
@@ -25,6 +28,7 @@ from scheduler.errors import DatasetFormatError, InputError
 from scheduler.experiments.dataset_file import ParsedDataset
 from scheduler.experiments.datasets import resolve_dataset
 from scheduler.experiments.dispatch import run_pairs
+from scheduler.liveness import offline_queue, queues_of
 from workers.errors import UnknownScorer, WorkerError
 from workers.offline.plan import plan_of
 from workers.offline.prompt import DEFAULT_TEMPLATE, check_template
@@ -70,8 +74,21 @@ def default_scorers(parsed: ParsedDataset) -> list[str | dict[str, Any]]:
     )
 
 
+def run_concurrency(session: Session, settings: Settings) -> int | None:
+    """Items evaluated at once by a run enqueued now: EVALQ_CONCURRENCY in embedded mode;
+    in distributed mode the summed concurrency (pool slots) of the live workers that
+    consume the offline queue, from their heartbeats; None when no live worker is known."""
+    if settings.embedded:
+        return settings.concurrency
+    workers = live_workers(session=session, now=utcnow(),
+                           dead_after_s=settings.worker_dead_after_s)
+    total = sum(w.concurrency for w in workers if offline_queue() in queues_of(w))
+    return total or None
+
+
 def _store(parsed: ParsedDataset, experiment: Experiment) -> tuple[int, list[int]]:
     with session_scope() as session:
+        experiment.concurrency = run_concurrency(session, get_settings())
         row, _ = get_or_create_dataset(
             session=session, name=parsed.name, version=parsed.version,
             source=parsed.source, items=parsed.items,
@@ -116,7 +133,10 @@ def enqueue_offline_run(
     params = check_params(model_params)
     check_api_base(api_base)
     check_target(target, prompt)
-    if target is None:
+    if target is None and settings.embedded:
+        # Distributed mode never imports litellm here (~3 s for a process that makes no
+        # model call): a name litellm cannot route fails the first worker's calls the same
+        # permanent way, and fail fast stops the experiment with litellm's message.
         check_model(model or settings.default_model, api_base)
     if max_cost_usd is not None and max_cost_usd <= 0:
         raise InputError(f"the cost budget must be above 0, got {max_cost_usd}")

@@ -39,7 +39,8 @@ from models.settings import Settings, get_settings
 from models.tables import ProductionRunCreate
 from scheduler.errors import InputError, InvalidRun, StoreFailed
 from scheduler.experiments.dataset_file import MAX_JSON_DEPTH
-from scheduler.ingest.records import DEFAULT_SOURCE, check_source, parse_run, store_rows, to_row
+from scheduler.ingest.batcher import GroupCommit
+from scheduler.ingest.records import DEFAULT_SOURCE, check_source, parse_run, to_row
 
 log = logging.getLogger(__name__)
 
@@ -139,15 +140,26 @@ def _validated(index: int, item: Any, source: str) -> ProductionRunCreate:
         raise _Refused(422, f"{where}: {exc}", index=index) from None
 
 
-def _ingest(body: bytes, source: str, max_batch: int) -> dict[str, int]:
-    """Parse, validate and store a body (blocking: run in a worker thread)."""
+def _rows(body: bytes, source: str, max_batch: int) -> list[ProductionRunCreate]:
+    """Parse and validate a body: its rows, or a _Refused (400, 413, 422)."""
     items = _payload_runs(body)
     if len(items) > max_batch:
         raise _Refused(413, f"too many runs: {len(items)} in one request, at most {max_batch} "
                        "(EVALQ_INGEST_MAX_BATCH); split the batch")
-    rows = [_validated(i, item, source) for i, item in enumerate(items)]
+    return [_validated(i, item, source) for i, item in enumerate(items)]
+
+
+async def _ingest(body: bytes, source: str, max_batch: int, writes: GroupCommit
+                  ) -> dict[str, int]:
+    """Parse, validate and store a body; answered once its rows are committed. A small
+    body is parsed on the event loop (a thread hop costs more than parsing it); a large
+    one in a worker thread, so the loop keeps serving others."""
+    if len(body) <= _INLINE_BYTES:
+        rows = _rows(body, source, max_batch)
+    else:
+        rows = await run_in_threadpool(_rows, body, source, max_batch)
     try:
-        summary = store_rows(rows)
+        summary = await writes.store(rows)
     except StoreFailed as exc:  # its message has no SQL and no values
         if not exc.unavailable:
             log.error("POST /runs: storing %d runs failed: %s", len(rows), exc)
@@ -161,6 +173,7 @@ def _ingest(body: bytes, source: str, max_batch: int) -> dict[str, int]:
     return {"inserted": summary.inserted, "duplicates": summary.duplicates}
 
 
+_INLINE_BYTES = 16 * 1024
 _INTERNAL = "internal error; the server log has the details"
 
 
@@ -200,6 +213,7 @@ def create_app() -> Starlette:
     settings = get_settings()
     config = _Config(_token(settings), settings.ingest_max_bytes, settings.ingest_max_batch,
                      settings.ingest_body_timeout_s)
+    writes = GroupCommit()  # the rows of concurrent requests go in one transaction
 
     async def post_runs(request: Request) -> Response:
         if not _authorized(request.headers.get("authorization"), config.token):
@@ -213,7 +227,7 @@ def create_app() -> Starlette:
             raise _Refused(400, f"?{exc.where('')}") from None
         body = await _read_body(request, config.max_bytes, config.body_timeout_s)
         try:
-            result = await run_in_threadpool(_ingest, body, source, config.max_batch)
+            result = await _ingest(body, source, config.max_batch, writes)
         except _Refused:
             raise
         except Exception as exc:  # logged without its message, answered 500

@@ -26,7 +26,7 @@ from models.db import session_scope
 from models.tables import ClaimStatus, OnlineClaim, ProductionRun, Score, utcnow
 from scheduler.cli.main import app
 from scheduler.evaluators import add_evaluator, tick_now
-from scheduler.ingest.records import record_run, record_runs
+from scheduler.ingest.records import record_runs
 from tests.factories import write_jsonl
 from tests.support import REPO, EnvPatch, WorkerProcess, truncate_all
 
@@ -56,14 +56,15 @@ def test_ingestion_is_idempotent_and_unpacks_portia_runs(db_url, settled):
     again = record_runs(_runs(5), source="app")
     assert (first.inserted, first.duplicates) == (5, 0)
     assert (again.inserted, again.duplicates) == (0, 5)
-    assert record_run({"id": "r-0", "output": "x"}, source="other") is True  # other source
+    # (record_runs is the synchronous path; record_run sends in the background)
+    assert record_runs([{"id": "r-0", "output": "x"}], source="other").inserted == 1
     portia = {"id": "pr-1", "plan": {"id": "plan-1", "plan_context": {"query": "Weather?"},
                                      "steps": [{"task": "look up", "tool_id": "weather",
                                                 "inputs": [], "output": "$w"}]},
               "plan_run": {"state": "COMPLETE", "outputs": {
                   "step_outputs": {"$w": {"value": "12C"}},
                   "final_output": {"value": "It is 12C"}}}}
-    assert record_run(portia, source="agent")
+    assert record_runs([portia], source="agent").inserted == 1
     with session_scope() as s:
         row = s.exec(select(ProductionRun).where(ProductionRun.external_id == "pr-1")).one()
     assert (row.input, row.output, row.status) == ("Weather?", "It is 12C", "COMPLETE")

@@ -49,10 +49,43 @@ from workers.runtime.logsafe import (
 log = logging.getLogger(__name__)
 install_log_filters()  # request URLs and headers out of httpx/openai/litellm log records
 _configured = False
+# litellm's loggers. litellm gives them a stream handler of its own at DEBUG and no level,
+# so under a worker's --loglevel INFO every call wrote "LiteLLM completion() model= ...;
+# provider = ..." twice (its handler on stderr, which Celery logs again at WARNING, and
+# the root handler): four lines per model call.
+LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
+LITELLM_LOG_ENV = "LITELLM_LOG"  # litellm's own switch: set, litellm logs at that level
+
+
+def quiet_litellm(litellm: Any, asked: str | None = None) -> None:
+    """litellm's own logging and callbacks off unless asked for: its loggers keep warnings
+    and errors only (handed to this process's handlers, once), no per-call lines, no
+    success/failure callbacks, no copies of messages kept for logging. `asked`: the
+    LITELLM_LOG level (DEBUG, INFO, ...) the user set, which is honoured instead."""
+    level = logging.getLevelName(asked.strip().upper()) if asked else logging.WARNING
+    if not isinstance(level, int):
+        level = logging.WARNING
+    for name in LITELLM_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        for handler in list(logger.handlers):  # records propagate to the app's handlers
+            logger.removeHandler(handler)
+        logger.propagate = True
+    if asked:
+        return
+    litellm.set_verbose = False
+    litellm.suppress_debug_info = True
+    litellm.turn_off_message_logging = True
+    litellm.disable_streaming_logging = True
+    for name in ("callbacks", "success_callback", "failure_callback", "input_callback",
+                 "_async_success_callback", "_async_failure_callback", "service_callback"):
+        if isinstance(getattr(litellm, name, None), list):
+            setattr(litellm, name, [])
 
 
 def setup_litellm() -> Any:
-    """Import and configure litellm once per process; returns the module."""
+    """Import and configure litellm once per process (quiet, see `quiet_litellm`);
+    returns the module."""
     global _configured
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm  # lazy: ~3 s to import; the CLI and reports never call a model
@@ -63,6 +96,7 @@ def setup_litellm() -> Any:
         litellm.drop_params = False
         litellm.num_retries = 0
         litellm.custom_provider_map = [{"provider": "evalq", "custom_handler": make_handler()}]
+        quiet_litellm(litellm, os.environ.get(LITELLM_LOG_ENV))
         _configured = True
     return litellm
 
