@@ -48,21 +48,32 @@ def dialect_insert(session: Session, table: Any) -> Any:
 
 
 def get_or_create_dataset(
-    *, session: Session, name: str, version: str, source: str | None, items: Sequence[dict]
+    *, session: Session, name: str, version: str, source: str | None,
+    items: Iterable[dict[str, Any]], item_count: int | None = None,
 ) -> tuple[Dataset, bool]:
-    """The dataset (name, version), created with its items if new. Returns (row, created)."""
+    """The dataset (name, version), created with its items if new. Returns (row, created).
+
+    `items` is iterated once, and only if the dataset is new; they are inserted _INSERT_CHUNK
+    at a time, so an iterator that reads a file never holds every item. `item_count`: how
+    many there are (default len(items), which then must be a sized collection)."""
+    count = item_count if item_count is not None else len(items)  # type: ignore[arg-type]
     stmt = (
         dialect_insert(session, Dataset)
-        .values(name=name, version=version, source=source, item_count=len(items),
+        .values(name=name, version=version, source=source, item_count=count,
                 created_at=utcnow())
         .on_conflict_do_nothing(index_elements=["name", "version"])
         .returning(Dataset.id)  # type: ignore[arg-type]
     )
     new_id = session.execute(stmt).scalar_one_or_none()
     if new_id is not None:
-        rows = [{"dataset_id": new_id, **item} for item in items]
-        for start in range(0, len(rows), _INSERT_CHUNK):
-            session.execute(sa.insert(DatasetItem), rows[start : start + _INSERT_CHUNK])
+        chunk: list[dict[str, Any]] = []
+        for item in items:
+            chunk.append({"dataset_id": new_id, **item})
+            if len(chunk) >= _INSERT_CHUNK:
+                session.execute(sa.insert(DatasetItem), chunk)
+                chunk = []
+        if chunk:
+            session.execute(sa.insert(DatasetItem), chunk)
     dataset = session.exec(
         select(Dataset).where(Dataset.name == name, Dataset.version == version)
     ).one()
@@ -302,6 +313,50 @@ def result_rows(*, session: Session, experiment_id: int) -> list[Result]:
 def score_rows(*, session: Session, experiment_id: int) -> list[Score]:
     """Every Score of an experiment's Results."""
     return list(session.exec(select(Score).where(Score.experiment_id == experiment_id)).all())
+
+
+_REPORT_ITEM_COLUMNS = ("id", "key", "position", "meta")
+_REPORT_CONTENT_COLUMNS = ("input", "expected")
+_REPORT_SCORE_COLUMNS = ("subject_id", "scorer", "value", "passed", "explanation", "error",
+                         "judge_cost_usd")
+
+
+def report_item_rows(*, session: Session, dataset_id: int, content: bool = True,
+                     meta: bool = True, item_ids: Sequence[int] | None = None
+                     ) -> Sequence[Any]:
+    """A dataset's items (or those of `item_ids`) as plain rows (id, key, position[, meta]
+    [, input, expected]) in file order: the columns a report reads, no ORM objects."""
+    names = (_REPORT_ITEM_COLUMNS if meta else _REPORT_ITEM_COLUMNS[:3]) + (
+        _REPORT_CONTENT_COLUMNS if content else ())
+    table = DatasetItem.__table__  # type: ignore[attr-defined]
+    stmt = sa.select(*(table.c[n] for n in names)).where(table.c.dataset_id == dataset_id)
+    if item_ids is not None:
+        stmt = stmt.where(table.c.id.in_(list(item_ids)))
+    return session.execute(stmt.order_by(table.c.position)).all()
+
+
+def report_result_rows(*, session: Session, experiment_id: int, columns: Sequence[str],
+                       item_ids: Sequence[int] | None = None) -> Sequence[Any]:
+    """An experiment's Results (or those of `item_ids`) as plain rows of the given
+    columns (no ORM objects)."""
+    table = Result.__table__  # type: ignore[attr-defined]
+    stmt = sa.select(*(table.c[n] for n in columns)).where(
+        table.c.experiment_id == experiment_id)
+    if item_ids is not None:
+        stmt = stmt.where(table.c.item_id.in_(list(item_ids)))
+    return session.execute(stmt).all()
+
+
+def report_score_rows(*, session: Session, experiment_id: int,
+                      result_ids: Sequence[int] | None = None) -> Sequence[Any]:
+    """An experiment's Scores (or those of `result_ids`) as plain rows (subject_id, scorer,
+    value, passed, explanation, error, judge_cost_usd)."""
+    table = Score.__table__  # type: ignore[attr-defined]
+    stmt = sa.select(*(table.c[n] for n in _REPORT_SCORE_COLUMNS)).where(
+        table.c.experiment_id == experiment_id)
+    if result_ids is not None:
+        stmt = stmt.where(table.c.subject_id.in_(list(result_ids)))
+    return session.execute(stmt).all()
 
 
 def list_experiments(*, session: Session, limit: int = 50) -> list[Experiment]:

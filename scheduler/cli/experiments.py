@@ -52,9 +52,11 @@ def report(
 ) -> None:
     """Scores (mean, standard error, 95% t interval, pass rate), counts, latency
     p50/p95/p99, tokens, cost, wall time, items/s, and an optional breakdown."""
-    exp, dataset, rows = load_items(experiment_id)
-    data = build_report(exp, dataset, rows, by=by)
-    if html is not None:
+    if html is None:  # the statistics' columns only (no inputs or outputs)
+        data = experiment_report(experiment_id, by=by)
+    else:
+        exp, dataset, rows = load_items(experiment_id)
+        data = build_report(exp, dataset, rows, by=by)
         write_html(html, render_experiment_html(data, rows))
     if as_json:
         emit_json(data)

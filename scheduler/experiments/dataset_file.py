@@ -13,10 +13,10 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, overload
 
 from scheduler.errors import DatasetFormatError
 from workers.scorers.steel_thread import STEEL_THREAD_TYPES
@@ -35,12 +35,16 @@ _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 @dataclass(frozen=True)
 class ParsedDataset:
-    """A dataset file's test cases, ready to be stored."""
+    """A dataset's test cases, ready to be stored.
+
+    `items` (DatasetItem fields: key, position, input, expected, ...) is a list for a
+    stored dataset, and a FileItems for a file: read again from the file each time it is
+    iterated, so that no step holds every case of a large file."""
 
     name: str
     version: str  # content hash: the same cases give the same version
     source: str
-    items: list[dict[str, Any]]  # DatasetItem fields: key, position, input, expected, ...
+    items: Sequence[dict[str, Any]]
 
 
 def text_problem(text: str) -> str | None:
@@ -266,13 +270,13 @@ def _validate(obj: dict[str, Any], path: str, lineno: int) -> dict[str, Any]:
     }
 
 
-def _read_lines(stream: IO[bytes], path: str, max_line_bytes: int) -> list[tuple[int, bytes]]:
-    lines: list[tuple[int, bytes]] = []
+def _read_lines(stream: IO[bytes], path: str, max_line_bytes: int
+                ) -> Iterator[tuple[int, bytes]]:
     lineno = 0
     while True:
         raw = stream.readline(max_line_bytes + 2)  # room for a CRLF after a full line
         if not raw:
-            return lines
+            return
         lineno += 1
         content = raw.rstrip(b"\r\n")
         if lineno == 1 and content.startswith(b"\xef\xbb\xbf"):
@@ -282,17 +286,111 @@ def _read_lines(stream: IO[bytes], path: str, max_line_bytes: int) -> list[tuple
                 path, lineno, f"line longer than {max_line_bytes} bytes "
                 "(raise EVALQ_MAX_LINE_BYTES if this is intended)"
             )
-        lines.append((lineno, content))
+        yield lineno, content
 
 
-def version_of(items: list[dict[str, Any]]) -> str:
+def _canonical(item: dict[str, Any]) -> str:
+    return json.dumps(
+        [item["key"], item["input"], item["expected"], item["meta"], item["assertions"],
+         item["tools"]], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+class _VersionHash:
+    """version_of, one item at a time: the hash of the JSON array of the items' canonical
+    forms, fed to sha256 piece by piece (the same bytes, so the same version)."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256(b"[")
+        self._first = True
+
+    def add(self, item: dict[str, Any]) -> None:
+        if not self._first:
+            self._sha.update(b",")
+        self._first = False
+        self._sha.update(_canonical(item).encode())
+
+    def hexdigest(self) -> str:
+        sha = self._sha.copy()
+        sha.update(b"]")
+        return sha.hexdigest()[:16]
+
+
+def version_of(items: Iterable[dict[str, Any]]) -> str:
     """Content hash of the test cases: what makes two files the same dataset version."""
-    canon = json.dumps(
-        [[i["key"], i["input"], i["expected"], i["meta"], i["assertions"], i["tools"]]
-         for i in items],
-        sort_keys=True, ensure_ascii=False, separators=(",", ":"),
-    )
-    return hashlib.sha256(canon.encode()).hexdigest()[:16]
+    version = _VersionHash()
+    for item in items:
+        version.add(item)
+    return version.hexdigest()
+
+
+def _file_items(path: Path, shown: str, max_line_bytes: int, *, check_keys: bool
+                ) -> Iterator[dict[str, Any]]:
+    """The file's validated test cases, read one line at a time; DatasetFormatError on
+    the first problem (with check_keys, a duplicate id too)."""
+    seen: dict[str, int] = {}
+    try:
+        stream = path.open("rb")
+    except OSError as exc:
+        raise DatasetFormatError(shown, None, f"cannot read the file: {exc.strerror}") from None
+    with stream:
+        try:
+            for lineno, raw in _read_lines(stream, shown, max_line_bytes):
+                obj = _parse_line(raw, shown, lineno)
+                if obj is None:
+                    continue
+                item = _validate(obj, shown, lineno)
+                if check_keys:
+                    if item["key"] in seen:
+                        raise DatasetFormatError(
+                            shown, lineno, f"duplicate id {item['key']!r} (first on line "
+                            f"{seen[item['key']]})")
+                    seen[item["key"]] = lineno
+                yield item
+        except OSError as exc:
+            raise DatasetFormatError(shown, None,
+                                     f"cannot read the file: {exc.strerror}") from None
+
+
+class FileItems(Sequence[dict[str, Any]]):
+    """The test cases of a validated dataset file, read from the file again each time
+    they are iterated (one line at a time: nothing holds them all). Iterating checks that
+    the file still hashes to `version`, and raises DatasetFormatError at its end if the
+    file changed since it was validated. Indexing reads the file up to the index."""
+
+    def __init__(self, path: Path, shown: str, max_line_bytes: int, version: str,
+                 count: int) -> None:
+        self._path, self._shown, self._max = path, shown, max_line_bytes
+        self._version, self._count = version, count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        version = _VersionHash()
+        for item in _file_items(self._path, self._shown, self._max, check_keys=False):
+            version.add(item)
+            yield item
+        if version.hexdigest() != self._version:
+            raise DatasetFormatError(self._shown, None, "the file changed while evalq was "
+                                     "reading it; run again once it is written")
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(index, slice):
+            return list(self)[index]
+        position = index + self._count if index < 0 else index
+        if not 0 <= position < self._count:
+            raise IndexError(f"item {index} of {self._count}")
+        for i, item in enumerate(_file_items(self._path, self._shown, self._max,
+                                             check_keys=False)):
+            if i == position:
+                return item
+        raise IndexError(f"item {index}: the file changed")
 
 
 def _check_names(shown: str, name: str) -> None:
@@ -310,28 +408,20 @@ def _check_names(shown: str, name: str) -> None:
 
 def load_dataset_file(path: str | Path, *, max_line_bytes: int, name: str | None = None
                       ) -> ParsedDataset:
-    """Parse and validate a JSONL dataset; raises DatasetFormatError on the first problem."""
+    """Parse and validate a JSONL dataset; raises DatasetFormatError on the first problem.
+
+    The file is read one line at a time and its cases are not kept: `items` reads them
+    again when iterated (see FileItems), so a file of any size takes little memory."""
     p = Path(path)
     shown = str(path)
     _check_names(shown, name or p.stem)
-    try:
-        with p.open("rb") as stream:
-            lines = _read_lines(stream, shown, max_line_bytes)
-    except OSError as exc:
-        raise DatasetFormatError(shown, None, f"cannot read the file: {exc.strerror}") from None
-    items: list[dict[str, Any]] = []
-    seen: dict[str, int] = {}
-    for lineno, raw in lines:
-        obj = _parse_line(raw, shown, lineno)
-        if obj is None:
-            continue
-        item = _validate(obj, shown, lineno)
-        if item["key"] in seen:
-            raise DatasetFormatError(
-                shown, lineno, f"duplicate id {item['key']!r} (first on line {seen[item['key']]})"
-            )
-        seen[item["key"]] = lineno
-        items.append(item)
-    if not items:
+    version = _VersionHash()
+    count = 0
+    for item in _file_items(p, shown, max_line_bytes, check_keys=True):
+        version.add(item)
+        count += 1
+    if not count:
         raise DatasetFormatError(shown, None, "no test cases (the file is empty)")
-    return ParsedDataset(name or p.stem, version_of(items), shown, items)
+    digest = version.hexdigest()
+    return ParsedDataset(name or p.stem, digest, shown,
+                         FileItems(p, shown, max_line_bytes, digest, count))

@@ -9,14 +9,22 @@ compares the two outputs of every item (`llm_pairwise`).
 
 from __future__ import annotations
 
-import random
 import statistics
 from collections import defaultdict
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
 
 from models.tables import Dataset, Experiment, ResultStatus
 from scheduler.errors import InputError
-from scheduler.reports.experiment import ItemRow, load_items, percentile
+from scheduler.reports.experiment import (
+    ItemRow,
+    StatRow,
+    load_items,
+    load_stat_rows,
+    percentile,
+)
 from scheduler.reports.stats import mean_ci
 from workers.errors import WorkerError
 from workers.runtime import aio
@@ -34,15 +42,19 @@ def _r(value: float | None, digits: int = 6) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def _by_key(rows: list[ItemRow]) -> dict[str, list[ItemRow]]:
+Row = ItemRow | StatRow
+R = TypeVar("R", bound=Row)
+
+
+def _by_key(rows: Sequence[R]) -> dict[str, list[R]]:
     """Rows grouped by item key, repeats in order, keys in file order."""
-    groups: dict[str, list[ItemRow]] = defaultdict(list)
+    groups: dict[str, list[R]] = defaultdict(list)
     for row in sorted(rows, key=lambda r: (r.position, r.repeat)):
         groups[row.key].append(row)
     return dict(groups)
 
 
-def _item_score(rows: list[ItemRow], label: str) -> tuple[float, bool] | None:
+def _item_score(rows: Sequence[Row], label: str) -> tuple[float, bool] | None:
     """(mean value over the scored repeats, passes) of one item, or None if never scored.
     An item passes when at least half of its scored repeats passed."""
     scored = [r.scores[label] for r in rows
@@ -63,20 +75,38 @@ def _explanation(rows: list[ItemRow], label: str) -> str | None:
                  if r.scores.get(label, {}).get("value") is not None), None)
 
 
+MULTINOMIAL_MAX_VALUES = 256  # distinct differences up to which resamples draw counts
+_BLOCK = 4_000_000  # item draws materialised at once by the index bootstrap (32 MB)
+
+
 def bootstrap_ci(diffs: list[float], *, n_boot: int = 2000, seed: int = 0,
                  confidence: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of paired differences: `n_boot` times,
-    draw len(diffs) item indices with replacement (random.Random(seed)) and take the
+    draw len(diffs) items with replacement (numpy's default_rng(seed)) and take the
     mean; the interval is the (1-confidence)/2 and (1+confidence)/2 quantiles of those
-    means, linearly interpolated."""
+    means, linearly interpolated.
+
+    Vectorised. When the differences take few distinct values (pass/fail scorers: at
+    most 3), a resample is drawn as its counts of each distinct value, multinomial with
+    the values' frequencies: the same distribution as drawing the items one by one, at
+    O(distinct values) a resample. Otherwise the item indices are drawn in blocks."""
     if not diffs:
         raise ValueError("bootstrap_ci needs at least one difference")
     if n_boot < 1:
         raise ValueError(f"n_boot must be at least 1, got {n_boot}")
-    rng, n, indices = random.Random(seed), len(diffs), range(len(diffs))
-    means = sorted(statistics.fmean(diffs[i] for i in rng.choices(indices, k=n))
-                   for _ in range(n_boot))
-    return _quantile(means, (1 - confidence) / 2), _quantile(means, (1 + confidence) / 2)
+    rng, n = np.random.default_rng(seed), len(diffs)
+    values, counts = np.unique(np.asarray(diffs, dtype=np.float64), return_counts=True)
+    if len(values) <= MULTINOMIAL_MAX_VALUES:
+        drawn = rng.multinomial(n, counts / n, size=n_boot)
+        means = drawn @ values / n
+    else:
+        data = np.asarray(diffs, dtype=np.float64)
+        step = max(1, _BLOCK // n)
+        means = np.concatenate([
+            data[rng.integers(0, n, size=(min(step, n_boot - start), n))].mean(axis=1)
+            for start in range(0, n_boot, step)])
+    ordered = np.sort(means).tolist()
+    return _quantile(ordered, (1 - confidence) / 2), _quantile(ordered, (1 + confidence) / 2)
 
 
 def _quantile(ordered: list[float], q: float) -> float:
@@ -101,20 +131,25 @@ def _flip(key: str, base: list[ItemRow], cand: list[ItemRow], label: str,
             "candidate_explanation": _explanation(cand, label)}
 
 
-def compare_scorer(keys: list[str], base: dict[str, list[ItemRow]],
-                   cand: dict[str, list[ItemRow]], label: str, *, n_boot: int,
-                   seed: int) -> dict[str, Any]:
-    """The comparison of one scorer over the items both experiments scored."""
+Flips = dict[str, list[tuple[str, tuple[float, float]]]]
+
+
+def compare_scorer(keys: list[str], base: Mapping[str, Sequence[Row]],
+                   cand: Mapping[str, Sequence[Row]], label: str, *, n_boot: int,
+                   seed: int) -> tuple[dict[str, Any], Flips]:
+    """The comparison of one scorer over the items both experiments scored, and its
+    flipped items (key, (baseline value, candidate value)); the entries listed in the
+    result (up to FLIP_CAP a direction) are added by list_flips."""
     pairs: list[tuple[str, tuple[float, bool], tuple[float, bool]]] = []
     for key in keys:
         b, c = _item_score(base[key], label), _item_score(cand[key], label)
         if b is not None and c is not None:
             pairs.append((key, b, c))
-    flips: dict[str, list[dict[str, Any]]] = {"pass_to_fail": [], "fail_to_pass": []}
+    flips: Flips = {"pass_to_fail": [], "fail_to_pass": []}
     for key, (b_value, b_pass), (c_value, c_pass) in pairs:
         if b_pass != c_pass:
             flips["pass_to_fail" if b_pass else "fail_to_pass"].append(
-                _flip(key, base[key], cand[key], label, (b_value, c_value)))
+                (key, (b_value, c_value)))
     out: dict[str, Any] = {"n_pairs": len(pairs), "baseline_mean": None,
                            "candidate_mean": None, "diff": None, "ci_low": None,
                            "ci_high": None, "ci_method": "paired bootstrap percentile",
@@ -129,11 +164,20 @@ def compare_scorer(keys: list[str], base: dict[str, list[ItemRow]],
                    verdict=_verdict(low, high))
     for name, entries in flips.items():
         out[f"n_{name}"] = len(entries)
-        out[name] = entries[:FLIP_CAP]
-    return out
+        out[name] = []  # list_flips fills it in
+    return out, flips
 
 
-def _costs(groups: list[list[ItemRow]]) -> dict[str, Any]:
+def list_flips(out: dict[str, Any], flips: Flips, base: dict[str, list[ItemRow]],
+               cand: dict[str, list[ItemRow]], label: str) -> None:
+    """The first FLIP_CAP flipped items of each direction, with their inputs and outputs
+    (ItemRows with their content)."""
+    for name, entries in flips.items():
+        out[name] = [_flip(key, base[key], cand[key], label, values)
+                     for key, values in entries[:FLIP_CAP]]
+
+
+def _costs(groups: Sequence[Sequence[Row]]) -> dict[str, Any]:
     rows = [r for g in groups for r in g]
     finished = [r for r in rows if r.status is not None]
     target = sum(r.cost_usd for r in finished)
@@ -144,7 +188,7 @@ def _costs(groups: list[list[ItemRow]]) -> dict[str, Any]:
             "n_results": len(finished)}
 
 
-def _latency(groups: list[list[ItemRow]]) -> dict[str, float | None]:
+def _latency(groups: Sequence[Sequence[Row]]) -> dict[str, float | None]:
     values = [r.latency_ms for g in groups for r in g
               if r.status == ResultStatus.OK and r.latency_ms is not None]
     return {"p50": _r(percentile(values, 50), 3), "p95": _r(percentile(values, 95), 3)}
@@ -202,6 +246,17 @@ def _describe(exp: Experiment, dataset: Dataset | None) -> dict[str, Any]:
             "dataset_version": dataset.version if dataset else None}
 
 
+def _full(experiment_id: int, groups: dict[str, list[Row]], keys: set[str],
+          loaded: Sequence[Row]) -> dict[str, list[ItemRow]]:
+    """ItemRows with their content by key: those loaded (when they are ItemRows), else
+    the rows of `keys`, loaded now."""
+    full = [r for r in loaded if isinstance(r, ItemRow)]
+    if len(full) == len(loaded):
+        return _by_key(full)
+    ids = sorted({r.item_id for key in keys for r in groups[key]})
+    return _by_key(load_items(experiment_id, item_ids=ids)[2]) if ids else {}
+
+
 def compare_experiments(baseline_id: int, candidate_id: int, *, n_boot: int = 2000,
                         seed: int = 0, pairwise: dict[str, Any] | None = None
                         ) -> dict[str, Any]:
@@ -214,8 +269,14 @@ def compare_experiments(baseline_id: int, candidate_id: int, *, n_boot: int = 20
     """
     if n_boot < 1:
         raise InputError(f"n_boot must be at least 1, got {n_boot}")
-    b_exp, b_data, b_rows = load_items(baseline_id)
-    c_exp, c_data, c_rows = load_items(candidate_id)
+    # Without a pairwise judge only the listed flips show inputs and outputs: the
+    # statistics are computed from StatRows, and those few items loaded in full below.
+    b_rows: Sequence[Row]
+    c_rows: Sequence[Row]
+    b_exp, b_data, b_rows = (load_items(baseline_id) if pairwise
+                             else load_stat_rows(baseline_id))
+    c_exp, c_data, c_rows = (load_items(candidate_id) if pairwise
+                             else load_stat_rows(candidate_id))
     base, cand = _by_key(b_rows), _by_key(c_rows)
     keys = [k for k in base if k in cand]
     if not keys:
@@ -229,19 +290,26 @@ def compare_experiments(baseline_id: int, candidate_id: int, *, n_boot: int = 20
     b_groups, c_groups = [base[k] for k in keys], [cand[k] for k in keys]
     b_cost, c_cost = _costs(b_groups), _costs(c_groups)
     b_lat, c_lat = _latency(b_groups), _latency(c_groups)
+    compared = {label: compare_scorer(keys, base, cand, label, n_boot=n_boot, seed=seed)
+                for label in sorted(b_labels & c_labels)}
+    listed = {key for _, flips in compared.values() for entries in flips.values()
+              for key, _ in entries[:FLIP_CAP]}
+    b_full, c_full = (_full(baseline_id, base, listed, b_rows),
+                      _full(candidate_id, cand, listed, c_rows))
+    for label, (out, flips) in compared.items():
+        list_flips(out, flips, b_full, c_full, label)
     return {
         "baseline": _describe(b_exp, b_data), "candidate": _describe(c_exp, c_data),
         "same_dataset_version": b_exp.dataset_id == c_exp.dataset_id,
         "items_compared": len(keys),
         "n_only_in_baseline": len(only_base), "only_in_baseline": only_base[:KEY_CAP],
         "n_only_in_candidate": len(only_cand), "only_in_candidate": only_cand[:KEY_CAP],
-        "scorers": {label: compare_scorer(keys, base, cand, label, n_boot=n_boot, seed=seed)
-                    for label in sorted(b_labels & c_labels)},
+        "scorers": {label: out for label, (out, _) in compared.items()},
         "scorers_only_in_baseline": sorted(b_labels - c_labels),
         "scorers_only_in_candidate": sorted(c_labels - b_labels),
         "cost": {"baseline": b_cost, "candidate": c_cost,
                  "diff": _delta(b_cost, c_cost, ("total", "mean_per_item"))},
         "latency_ms": {"baseline": b_lat, "candidate": c_lat,
                        "diff": _delta(b_lat, c_lat, ("p50", "p95"))},
-        "pairwise": pairwise_compare(keys, base, cand, pairwise) if pairwise else None,
+        "pairwise": pairwise_compare(keys, b_full, c_full, pairwise) if pairwise else None,
     }

@@ -14,22 +14,18 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-from sqlmodel import col, select
-
-from models.crud import get_experiment
-from models.db import session_scope
-from models.tables import (
-    Dataset,
-    DatasetItem,
-    Experiment,
-    Result,
-    ResultStatus,
-    Score,
-    TargetOutput,
+from models.crud import (
+    get_experiment,
+    report_item_rows,
+    report_result_rows,
+    report_score_rows,
 )
+from models.db import session_scope
+from models.tables import Dataset, Experiment, ResultStatus, TargetOutput
 from scheduler.reports.stats import mean_ci
 
 
@@ -59,55 +55,134 @@ class ItemRow(TargetOutput):
     scores: dict[str, dict[str, Any]] = {}
 
 
+class ReportRow(Protocol):
+    """What build_report reads of a row: an ItemRow, or the lighter row experiment_report
+    builds (StatRow)."""
+
+    @property
+    def item_id(self) -> int: ...
+    @property
+    def status(self) -> str | None: ...
+    @property
+    def updated_at(self) -> datetime | None: ...
+    @property
+    def meta(self) -> dict[str, Any]: ...
+    @property
+    def scores(self) -> dict[str, dict[str, Any]]: ...
+    @property
+    def latency_ms(self) -> float | None: ...
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def completion_tokens(self) -> int: ...
+    @property
+    def cost_usd(self) -> float: ...
+    @property
+    def cost_known(self) -> bool: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def cached(self) -> bool: ...
+    @property
+    def error_type(self) -> str | None: ...
+
+
 _OUTPUT_FIELDS = tuple(TargetOutput.model_fields)
+# What build_report reads of a Result; the rest of TargetOutput is content (output, error
+# text, tool calls, steps) that only the item table and JUnit show.
+_STAT_FIELDS = ("latency_ms", "prompt_tokens", "completion_tokens", "cost_usd", "cost_known",
+                "attempts", "cached", "error_type")
 
 
-def load_items(experiment_id: int) -> tuple[Experiment, Dataset | None, list[ItemRow]]:
-    """The experiment, its dataset and every (item, repeat) row, in file order."""
+class StatRow:
+    """The columns of one (item, repeat) that build_report reads: a plain object, several
+    times cheaper to build than an ItemRow (experiment_report builds one per row)."""
+
+    __slots__ = ("item_id", "key", "position", "repeat", "status", "updated_at", "meta",
+                 "scores", *_STAT_FIELDS)
+
+    def __init__(self, item: Any, repeat: int, meta: dict[str, Any],
+                 scores: dict[str, dict[str, Any]], result: Any = None) -> None:
+        self.item_id, self.key, self.position = item.id, item.key, item.position
+        self.repeat, self.meta, self.scores = repeat, meta, scores
+        if result is None:  # no Result yet: TargetOutput's defaults
+            self.status = self.updated_at = self.latency_ms = self.error_type = None
+            self.prompt_tokens = self.completion_tokens = self.attempts = 0
+            self.cost_usd, self.cost_known, self.cached = 0.0, True, False
+        else:
+            (self.status, self.updated_at, self.latency_ms, self.prompt_tokens,
+             self.completion_tokens, self.cost_usd, self.cost_known, self.attempts,
+             self.cached, self.error_type) = result
+
+
+_ROW_DEFAULTS: dict[str, Any] = {
+    name: field.get_default(call_default_factory=True)
+    for name, field in ItemRow.model_fields.items()}
+_FIELDS_SET = frozenset(_ROW_DEFAULTS)
+
+
+def _item_row(values: dict[str, Any]) -> ItemRow:
+    """ItemRow.model_construct(**values) without its per-call overhead (~30 us, most of a
+    20,000-item report): every field set, the defaults for those not given, no validation
+    (as model_construct). `meta` and `scores` must be given (their defaults are shared)."""
+    row = object.__new__(ItemRow)
+    object.__setattr__(row, "__dict__", {**_ROW_DEFAULTS, **values})
+    object.__setattr__(row, "__pydantic_fields_set__", set(_FIELDS_SET))
+    object.__setattr__(row, "__pydantic_extra__", None)
+    object.__setattr__(row, "__pydantic_private__", None)
+    return row
+
+
+def load_items(experiment_id: int, *, content: bool = True, meta: bool = True,
+               item_ids: Sequence[int] | None = None
+               ) -> tuple[Experiment, Dataset | None, list[ItemRow]]:
+    """The experiment, its dataset and every (item, repeat) row, in file order.
+
+    Reads only the columns it returns, as plain rows (no ORM objects). content=False
+    leaves out what only the item table shows (input, expected, output, error text, tool
+    calls, steps: None) -- what build_report needs, for less memory and time (load_content
+    fills them in for the rows that need them); meta=False leaves the items' metadata
+    out too ({}), which only a breakdown (`by`) reads. item_ids: only these items' rows."""
+    fields = _OUTPUT_FIELDS if content else _STAT_FIELDS
+    columns = ("id", "item_id", "repeat", "status", "updated_at", *fields)
     with session_scope() as session:
         exp = get_experiment(session=session, experiment_id=experiment_id)
         dataset = session.get(Dataset, exp.dataset_id)
-        items = session.exec(select(DatasetItem).where(DatasetItem.dataset_id == exp.dataset_id)
-                             .order_by(col(DatasetItem.position))).all()
-        results = session.exec(select(Result).where(Result.experiment_id == experiment_id)
-                               ).all()
-        scores = session.exec(select(Score).where(Score.experiment_id == experiment_id)).all()
-    by_result: dict[int, list[Score]] = defaultdict(list)
-    for score in scores:
-        by_result[score.subject_id].append(score)
-    results_by_key = {(r.item_id, r.repeat): r for r in results}
+        items = report_item_rows(session=session, dataset_id=exp.dataset_id, content=content,
+                                 meta=meta or content, item_ids=item_ids)
+        results = report_result_rows(session=session, experiment_id=experiment_id,
+                                     columns=columns, item_ids=item_ids)
+        scores = report_score_rows(session=session, experiment_id=experiment_id,
+                                   result_ids=None if item_ids is None
+                                   else [r[0] for r in results])
+    by_result: dict[int, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for subject_id, scorer, value, passed, explanation, error, judge_cost in scores:
+        by_result[subject_id][scorer] = {"value": value, "passed": passed,
+                                         "explanation": explanation, "error": error,
+                                         "judge_cost_usd": judge_cost}
+    results_by_key: dict[tuple[int, int], dict[str, Any]] = {}
+    for result in results:
+        found = dict(zip(columns, result, strict=True))
+        found["scores"] = by_result.get(found.pop("id"), {})
+        results_by_key[(found.pop("item_id"), found.pop("repeat"))] = found
     rows: list[ItemRow] = []
-    for rep in range(exp.repeats):
-        for item in items:
-            assert item.id is not None
-            result = results_by_key.get((item.id, rep))
-            found: dict[str, Any] = {}
-            if result is not None:
-                found = {f: getattr(result, f) for f in _OUTPUT_FIELDS}
-                found["status"] = result.status
-                found["updated_at"] = result.updated_at
-                found["scores"] = _scores(by_result.get(result.id or -1, []))
-            rows.append(ItemRow.model_construct(
-                item_id=item.id, key=item.key, position=item.position, repeat=rep,
-                input=item.input, expected=item.expected, meta=dict(item.meta or {}),
-                **found))
-    rows.sort(key=lambda r: (r.position, r.repeat))
+    for item in items:  # file order, then repeats
+        base = {"item_id": item.id, "key": item.key, "position": item.position,
+                "input": item.input if content else None,
+                "expected": item.expected if content else None}
+        for rep in range(exp.repeats):
+            found = results_by_key.get((item.id, rep)) or {"scores": {}}
+            rows.append(_item_row({**base, "repeat": rep,
+                                   "meta": dict((item.meta or {}) if meta or content else {}),
+                                   **found}))
     return exp, dataset, rows
-
-
-def _scores(scores: list[Score]) -> dict[str, dict[str, Any]]:
-    return {
-        s.scorer: {"value": s.value, "passed": s.passed, "explanation": s.explanation,
-                   "error": s.error, "judge_cost_usd": s.judge_cost_usd}
-        for s in scores
-    }
 
 
 def _r(value: float | None, digits: int = 6) -> float | None:
     return None if value is None or math.isnan(value) else round(value, digits)
 
 
-def item_means(rows: list[ItemRow], label: str) -> dict[int, list[float]]:
+def item_means(rows: Sequence[ReportRow], label: str) -> dict[int, list[float]]:
     """The scored values of one scorer per item id (its repeats), items in row order."""
     per_item: dict[int, list[float]] = defaultdict(list)
     for r in rows:
@@ -117,7 +192,7 @@ def item_means(rows: list[ItemRow], label: str) -> dict[int, list[float]]:
     return dict(per_item)
 
 
-def scorer_stats(rows: list[ItemRow], label: str) -> dict[str, Any]:
+def scorer_stats(rows: Sequence[ReportRow], label: str) -> dict[str, Any]:
     """One scorer's statistics. The test case is the unit: each item's scored repeats are
     averaged first, and mean, stderr and the 95% t interval are over those item means
     (n = n_items, t with n_items - 1 degrees of freedom). pass_rate is over the scored
@@ -146,13 +221,13 @@ def scorer_stats(rows: list[ItemRow], label: str) -> dict[str, Any]:
     return out
 
 
-def _labels(rows: list[ItemRow]) -> list[str]:
+def _labels(rows: Sequence[ReportRow]) -> list[str]:
     return sorted({label for r in rows for label in r.scores})
 
 
-def breakdown(rows: list[ItemRow], field_name: str) -> dict[str, Any]:
+def breakdown(rows: Sequence[ReportRow], field_name: str) -> dict[str, Any]:
     """Per value of metadata[field_name]: items and each scorer's mean with its CI."""
-    groups: dict[str, list[ItemRow]] = defaultdict(list)
+    groups: dict[str, list[ReportRow]] = defaultdict(list)
     for r in rows:
         groups[str(r.meta.get(field_name, "(none)"))].append(r)
     labels = _labels(rows)
@@ -169,13 +244,45 @@ def breakdown(rows: list[ItemRow], field_name: str) -> dict[str, Any]:
     }
 
 
+def load_stat_rows(experiment_id: int, *, meta: bool = False
+                   ) -> tuple[Experiment, Dataset | None, list[StatRow]]:
+    """load_items for build_report only: StatRows (the statistics' columns, the items'
+    metadata only with meta=True), in file order."""
+    columns = ("id", "item_id", "repeat", "status", "updated_at", *_STAT_FIELDS)
+    with session_scope() as session:
+        exp = get_experiment(session=session, experiment_id=experiment_id)
+        dataset = session.get(Dataset, exp.dataset_id)
+        items = report_item_rows(session=session, dataset_id=exp.dataset_id, content=False,
+                                 meta=meta)
+        results = report_result_rows(session=session, experiment_id=experiment_id,
+                                     columns=columns)
+        scores = report_score_rows(session=session, experiment_id=experiment_id)
+    by_result: dict[int, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for subject_id, scorer, value, passed, explanation, error, judge_cost in scores:
+        by_result[subject_id][scorer] = {"value": value, "passed": passed,
+                                         "explanation": explanation, "error": error,
+                                         "judge_cost_usd": judge_cost}
+    results_by_key = {(r[1], r[2]): r for r in results}
+    rows: list[StatRow] = []
+    for item in items:  # file order, then repeats
+        item_meta = (item.meta or {}) if meta else {}
+        for rep in range(exp.repeats):
+            result = results_by_key.get((item.id, rep))
+            if result is None:
+                rows.append(StatRow(item, rep, item_meta, {}))
+            else:
+                rows.append(StatRow(item, rep, item_meta, by_result.get(result[0], {}),
+                                    result[3:]))
+    return exp, dataset, rows
+
+
 def experiment_report(experiment_id: int, by: str | None = None) -> dict[str, Any]:
     """Everything `evalq report --json` prints for one experiment."""
-    exp, dataset, rows = load_items(experiment_id)
+    exp, dataset, rows = load_stat_rows(experiment_id, meta=by is not None)
     return build_report(exp, dataset, rows, by=by)
 
 
-def build_report(exp: Experiment, dataset: Dataset | None, rows: list[ItemRow],
+def build_report(exp: Experiment, dataset: Dataset | None, rows: Sequence[ReportRow],
                  by: str | None = None) -> dict[str, Any]:
     """The report dict from loaded rows."""
     done = [r for r in rows if r.status == ResultStatus.OK]
@@ -192,7 +299,7 @@ def build_report(exp: Experiment, dataset: Dataset | None, rows: list[ItemRow],
         "model": exp.model, "target": exp.target,
         "dataset": {"id": exp.dataset_id, "name": dataset.name if dataset else None,
                     "version": dataset.version if dataset else None},
-        "repeats": exp.repeats,
+        "repeats": exp.repeats, "concurrency": exp.concurrency,
         "counts": {"total": exp.total_items, "done": len(done), "failed": len(failed),
                    "skipped_budget": len(skipped),
                    "pending": max(0, exp.total_items - len(finished) - len(skipped))},
@@ -233,7 +340,7 @@ def _speed(items: int, start: datetime | None, end: datetime | None) -> tuple[fl
     return round(seconds, 3), (round(items / seconds, 3) if seconds else None)
 
 
-def timing(exp: Experiment, rows: list[ItemRow]) -> dict[str, Any]:
+def timing(exp: Experiment, rows: Sequence[ReportRow]) -> dict[str, Any]:
     """When the experiment ran, from its first start to its finish (the whole span, over
     every run of it: a resume or rerun included), and the last re-run's own span.
 

@@ -110,11 +110,26 @@ def _failed(row: ItemRow) -> bool:
         s.get("value") is None or s.get("passed") is False for s in row.scores.values())
 
 
+ITEM_TABLE_CAP = 1000
+"""Rows of the experiment page's item table at most: failures first (failed calls, then
+rows with a failed or unscorable score), then the others, each in file order. The page
+says so and how many rows the experiment has; `evalq report --json` and JUnit have them
+all."""
+
+
+def _table_rows(rows: list[ItemRow]) -> list[ItemRow]:
+    failed = [r for r in rows if _failed(r)]
+    if len(failed) >= ITEM_TABLE_CAP:
+        return failed[:ITEM_TABLE_CAP]
+    return failed + [r for r in rows if not _failed(r)][:ITEM_TABLE_CAP - len(failed)]
+
+
 def _items_table(rows: list[ItemRow], labels: list[str]) -> str:
     head = thead("Key", "Repeat", "Input", "Expected", "Output", *labels, "Latency", "Error",
                  numeric=("Repeat", "Latency"))
+    shown = rows if len(rows) <= ITEM_TABLE_CAP else _table_rows(rows)
     body = []
-    for r in rows:
+    for r in shown:
         error = (f'<span class="err">{esc(r.error_type or "error")}: </span>'
                  f"{cell_text(r.error, 80)}" if r.error else "")
         body.append(
@@ -125,11 +140,19 @@ def _items_table(rows: list[ItemRow], labels: list[str]) -> str:
             f'<td class="txt mono">{cell_text(r.output)}</td>'
             + "".join(score_cell(r.scores.get(label)) for label in labels)
             + f'<td class="num">{ms(r.latency_ms)}</td><td class="txt">{error}</td></tr>')
+    note = ""
+    if len(shown) < len(rows):
+        n_failed = sum(1 for r in rows if _failed(r))
+        note = (f'<div class="warn" id="capped">This table shows {len(shown):,} of '
+                f"{len(rows):,} rows, to keep the page quick to open: failures first "
+                f"({min(n_failed, len(shown)):,} of {n_failed:,} failed rows shown), then the "
+                "others in file order. The scores, counts and charts above are over every "
+                "row; the JUnit file (<code>evalq run --junit</code>) lists them all.</div>")
     return (
-        '<div class="toolbar"><input id="filter" type="search" '
+        f'{note}<div class="toolbar"><input id="filter" type="search" '
         'placeholder="Filter rows by any text…" aria-label="filter rows">'
         '<label><input id="failed" type="checkbox"> Failures only</label>'
-        f'<span id="shown" class="sub">{len(rows)} rows</span></div>'
+        f'<span id="shown" class="sub">{len(shown)} rows</span></div>'
         f'<div class="scroll"><table id="items">{head}'
         f'<tbody>{"".join(body)}</tbody></table></div>')
 

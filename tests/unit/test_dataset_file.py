@@ -477,7 +477,7 @@ def load_or_format_error(path: Path, max_line_bytes: int) -> None:
     assert len({i["key"] for i in parsed.items}) == len(parsed.items)
     assert all(i["input"] is not None for i in parsed.items)
     # What was accepted, PostgreSQL can store: no NUL, valid Unicode, finite numbers.
-    text = json.dumps(parsed.items, ensure_ascii=False, allow_nan=False)
+    text = json.dumps(list(parsed.items), ensure_ascii=False, allow_nan=False)
     assert "\\u0000" not in text
     text.encode("utf-8")
 
