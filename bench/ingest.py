@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from bench.procs import (
     PG_ADMIN,
     REPO,
+    commit,
     cpu_seconds,
     create_pg_database,
     drop_pg_database,
@@ -214,14 +215,6 @@ def record_cases(server: Server, args: argparse.Namespace) -> list[dict[str, Any
         reset_settings()
         sender.reset()
     return cases
-
-
-def commit() -> dict[str, Any]:
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                          text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "scheduler/ingest", "bench"],
-                           cwd=REPO, capture_output=True, text=True).stdout.split("\n")
-    return {"commit": head, "uncommitted_ingest_changes": [d for d in dirty if d.strip()]}
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from bench.procs import (
     PG_ADMIN,
     REPO,
     RedisServer,
+    commit,
     create_pg_database,
     drop_pg_database,
     machine,
@@ -62,7 +63,8 @@ def main() -> None:
                       EVALQ_INGEST_SETTLE_S="0")
     reset_settings()  # the settings were read at import (workers.celery_app)
     dispose_engines()
-    results: dict[str, Any] = {"when": datetime.now(UTC).isoformat(), "machine": machine(),
+    results: dict[str, Any] = {"when": datetime.now(UTC).isoformat(), **commit(),
+                               "machine": machine(),
                                "runs": args.runs, "batch": args.batch}
     try:
         results.update(measure(args))
@@ -71,7 +73,7 @@ def main() -> None:
         drop_pg_database(PG_ADMIN, db_url)
         redis.stop()
     print(json.dumps(results, indent=1))
-    out = REPO / "bench" / "results" / f"online-{int(time.time())}.json"
+    out = REPO / "bench" / "results" / "online.json"
     out.write_text(json.dumps(results, indent=1))
     print(f"written to {out.relative_to(REPO)}")
 

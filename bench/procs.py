@@ -46,6 +46,16 @@ def machine() -> dict[str, Any]:
             "python": sys.version.split()[0]}
 
 
+def commit() -> dict[str, Any]:
+    """The commit measured, and the files of the work tree that differed from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                              check=False).stdout.strip()
+    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no")
+               .splitlines() if line.strip()]
+    return {"commit": git("rev-parse", "HEAD") or None, "uncommitted": changed}
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as s:

@@ -37,7 +37,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.procs import PG_ADMIN, REPO, create_pg_database, drop_pg_database, machine
+from bench.procs import (
+    PG_ADMIN,
+    REPO,
+    commit,
+    create_pg_database,
+    drop_pg_database,
+    machine,
+)
 from models.crud import (
     create_experiment,
     dataset_item_ids,
@@ -55,15 +62,6 @@ from scheduler.reports.html import render_experiment_html
 
 RESULTS = REPO / "bench" / "results" / "reports.json"
 CATEGORIES = ("arithmetic", "geography", "language", "science")
-
-
-def commit() -> dict[str, Any]:
-    """The commit measured, and whether the work tree differed from it."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
-                              check=False).stdout.strip()
-    return {"commit": git("rev-parse", "HEAD") or None,
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
 def _items(n: int) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ from bench.procs import (
     PG_ADMIN,
     REPO,
     RedisServer,
+    commit,
     cpu_seconds,
     create_pg_database,
     drop_pg_database,
@@ -148,7 +149,8 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     fake = FakeLLM.start(latency_ms=args.latency_ms)
-    results: dict[str, Any] = {"when": datetime.now(UTC).isoformat(), "machine": machine(),
+    results: dict[str, Any] = {"when": datetime.now(UTC).isoformat(), **commit(),
+                               "machine": machine(),
                                "n": args.n, "concurrency": args.concurrency,
                                "latency_ms": args.latency_ms}
     try:
@@ -196,7 +198,7 @@ def report(results: dict[str, Any]) -> None:
               f"(enqueue, Celery dispatch, DB writes)")
         print(f"enqueue of {results['n']} items: {ev['enqueue_s']:.2f} s; worker peak RSS "
               f"{ev['peak_rss_mb_per_worker']} MB; baseline peak RSS {base['peak_rss_mb']:.0f} MB")
-    out = REPO / "bench" / "results" / f"throughput-{int(time.time())}.json"
+    out = REPO / "bench" / "results" / "throughput.json"
     out.write_text(json.dumps(results, indent=1))
     print(f"\nwritten to {out.relative_to(REPO)}")
 
