@@ -49,10 +49,10 @@ def run_pairs(experiment_id: int, pairs: Sequence[tuple[int, int]], *, start: bo
         with session_scope() as session:
             mark_experiment(session=session, experiment_id=experiment_id,
                             status=ExperimentStatus.RUNNING)
-    # As many chunks at once as fill EVALQ_CONCURRENCY (the process-wide bound on target
-    # calls), and no more: a chunk that stops the run (fail fast) has few calls beside it.
+    # Twice the chunks that fill EVALQ_CONCURRENCY (the process-wide bound on target
+    # calls): while one chunk writes its results, the next one's calls already run.
     chunk = max((len(c[1]) for c in calls), default=1)
-    threads = max(1, min(64, -(-settings.concurrency // chunk)))
+    threads = max(1, min(64, (2 if chunk > 1 else 1) * settings.concurrency // chunk))
     embedded.start(experiment_id, lambda exp, chunk: execute_chunk(
         exp, chunk, force=force, config_version=config_version), calls, threads)
 

@@ -80,12 +80,12 @@ def test_refused_key_stops_an_embedded_run_after_a_few_calls(embedded_env,
     assert "Incorrect API key provided" in summary["report"]["error"]
     assert f"experiment {exp_id} failed" in err and "Incorrect API key provided" in err
     assert "next: the provider refused the API key" in err
-    # Embedded mode runs as many chunks of 16 at once as fill EVALQ_CONCURRENCY (50 by
-    # default: 4 chunks): the first one stored stops the rest. Every call was made once:
-    # nothing was retried.
+    # Embedded mode runs 2 x EVALQ_CONCURRENCY // 16 chunks of 16 at once (50 by default:
+    # 6 chunks): the first one stored stops the rest. Every call was made once: nothing was
+    # retried.
     total = fake_llm.stats()["total"]
     attempts = _attempts(exp_id)
-    assert 10 <= total <= 16 * -(-get_settings().concurrency // 16), total
+    assert 10 <= total <= 16 * (2 * get_settings().concurrency // 16), total
     assert attempts == [1] * total
     assert fake_llm.stats()["by_status"] == {"401": total}
     # The report was read when the stop was seen; the other chunk in flight landed since.
