@@ -30,8 +30,9 @@ from models.migrate import upgrade
 from models.settings import reset_settings
 from scheduler.evaluators import add_evaluator
 from scheduler.reports.evaluator import online_report
-from workers.celery_app import app, sync_broker_url
+from workers.celery_app import sync_broker_url
 from workers.online.tick import tick_and_enqueue
+from workers.tasks import score_runs
 
 FILL_RUNS = """
 INSERT INTO production_run (source, external_id, created_at, ingested_at, input, output,
@@ -92,7 +93,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     ticks = []
     for _ in range(args.repeat):
         t = time.perf_counter()
-        claimed = tick_and_enqueue(app, force=True)
+        claimed = tick_and_enqueue(score_runs, force=True)
         ticks.append((time.perf_counter() - t) * 1000)
         assert claimed == args.batch, claimed
     with engine.begin() as conn:
