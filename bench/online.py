@@ -49,6 +49,18 @@ SELECT 'run', r.id, :ev, 'contains', '1', (r.id % 10) / 10.0, r.id % 10 >= 5, 0,
        r.created_at
 FROM production_run r
 """
+# What scoring those runs' claims would have added to the rollup (the same statement as the
+# backfill of migration 0008).
+FILL_ROLLUP = """
+INSERT INTO score_rollup (evaluator_id, scorer, bucket, n, n_unscored, total, total_sq,
+                          n_passed)
+SELECT evaluator_id, scorer, (CAST(floor(EXTRACT(EPOCH FROM subject_at)) AS BIGINT) / 60) * 60,
+       count(value), count(*) - count(value), coalesce(sum(value), 0.0),
+       coalesce(sum(value * value), 0.0),
+       coalesce(sum(CASE WHEN value IS NOT NULL AND passed THEN 1 ELSE 0 END), 0)
+FROM score WHERE evaluator_id = :ev
+GROUP BY 1, 2, 3
+"""
 
 
 def main() -> None:
@@ -99,7 +111,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     with engine.begin() as conn:
         ev_id = conn.exec_driver_sql("SELECT id FROM online_evaluator").scalar_one()
         conn.execute(sa.text(FILL_SCORES), {"ev": ev_id})
+        conn.execute(sa.text(FILL_ROLLUP), {"ev": ev_id})
         conn.exec_driver_sql("ANALYZE score")
+        conn.exec_driver_sql("ANALYZE score_rollup")
     reports = []
     for _ in range(args.repeat):
         t = time.perf_counter()

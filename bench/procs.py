@@ -51,8 +51,9 @@ def commit() -> dict[str, Any]:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
                               check=False).stdout.strip()
-    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no")
-               .splitlines() if line.strip()]
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                            cwd=REPO, capture_output=True, text=True, check=False).stdout
+    changed = [line[3:] for line in status.splitlines() if line.strip()]
     return {"commit": git("rev-parse", "HEAD") or None, "uncommitted": changed}
 
 

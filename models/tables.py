@@ -337,6 +337,26 @@ class OnlineAlert(SQLModel, table=True):
     created_at: datetime = _ts()
 
 
+
+# Score moments of one online evaluator's scorer over one minute of subject_at (the runs'
+# own time), kept at score time so a report reads a row per minute instead of every Score.
+# A claim's scores are added once, in the transaction that marks the claim done
+# (workers/online/claimed_runs.py); a second scoring of the same claim adds nothing.
+class ScoreRollup(SQLModel, table=True):
+    __tablename__ = "score_rollup"
+
+    evaluator_id: int = Field(
+        primary_key=True,
+        sa_column_args=[sa.ForeignKey("online_evaluator.id", ondelete="CASCADE")],
+    )
+    scorer: str = Field(primary_key=True, max_length=200)
+    bucket: int = Field(primary_key=True, sa_type=sa.BigInteger())  # minute start, epoch s
+    n: int = 0  # scored: value is not None
+    n_unscored: int = 0  # value is None
+    total: float = 0.0  # sum of values
+    total_sq: float = 0.0  # sum of squared values
+    n_passed: int = 0  # scored and passed
+
 # A stored model response, reused by calls with the same model, messages, parameters and
 # repeat index (embedded mode; distributed mode keeps the cache in Redis).
 class ResponseCache(SQLModel, table=True):

@@ -26,6 +26,7 @@ import pytest
 from sqlmodel import select
 from typer.testing import CliRunner
 
+from models.aggregates import add_to_rollup
 from models.crud import upsert_scores
 from models.db import session_scope
 from models.settings import get_settings
@@ -190,6 +191,9 @@ def _evaluator_below_threshold(name: str, webhook: str | None) -> int:
             "judge_model": None, "judge_cost_usd": 0.0, "judge_tokens": 0,
             "judge_latency_ms": None}) for run in runs])
         assert ev.id is not None
+        for _ in runs:  # as scoring a claim does when it closes the claim
+            add_to_rollup(session=session, evaluator_id=ev.id, subject_at=now,
+                          scores=[("relevance", 0.2, False)])
         return ev.id
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
+from models.aggregates import add_to_rollup
 from models.crud import record_item_outcome, upsert_scores
 from models.db import session_scope
 from models.tables import OnlineAlert, OnlineEvaluator, ProductionRun, ScoreCreate
@@ -67,6 +68,9 @@ def add_scores(evaluator_id: int, rows: Iterable[tuple[datetime, str, float | No
              "judge_latency_ms": None})
             for run, (at, label, value) in zip(runs, rows, strict=True)
         ])
+        for at, label, value in rows:  # as scoring a claim does when it closes the claim
+            add_to_rollup(session=session, evaluator_id=evaluator_id, subject_at=at,
+                          scores=[(label, value, None if value is None else value >= 0.7)])
 
 
 def paired(rng: random.Random, mean: float, pairs: int, spread: float = 0.15) -> list[float]:

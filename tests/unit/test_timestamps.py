@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, col
 
 import models  # noqa: F401  (registers every table, the lease tables included)
-from models.aggregates import window_moments, window_start
+from models.aggregates import raw_window_moments, window_start
 from models.claims import claim_batch, due_evaluator_ids
 from models.crud import insert_runs
 from models.db import get_engine, session_scope
@@ -146,7 +146,7 @@ def test_naive_and_aware_writes_of_one_instant_are_one_value(db_url: str):
             session.add(Score(subject_type=SubjectType.RUN, subject_id=i, evaluator_id=7,
                               subject_at=at, scorer="s", scorer_version="1", value=1.0))
     with session_scope() as session:
-        moments = window_moments(session=session, evaluator_id=7, window_s=3600,
+        moments = raw_window_moments(session=session, evaluator_id=7, window_s=3600,
                                  since=T0 - timedelta(hours=1), until=T0 + timedelta(hours=1))
         stored = session.execute(sa.select(col(Score.subject_at))).scalars().all()
     assert set(stored) == {T0} and all(v.tzinfo is UTC for v in stored)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+from models.aggregates import add_to_rollup
 from models.claims import mark_claim_done
 from models.crud import upsert_scores
 from models.db import session_scope
@@ -45,7 +46,11 @@ def score_claim(claim_id: int) -> str:
             ScoreCreate.of(v, subject_type=SubjectType.RUN, subject_id=run_id,
                            evaluator_id=evaluator_id, subject_at=subject_at)
             for v in verdicts])
-        mark_claim_done(session=session, claim_id=claim_id, now=utcnow())
+        if mark_claim_done(session=session, claim_id=claim_id, now=utcnow()):
+            # Only the scoring that closed the claim adds to the rollup: a replay adds
+            # nothing (its Score rows, rewritten above, may then differ from the rollup).
+            add_to_rollup(session=session, evaluator_id=evaluator_id, subject_at=subject_at,
+                          scores=[(v.scorer, v.value, v.passed) for v in verdicts])
     return "scored"
 
 
