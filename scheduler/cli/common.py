@@ -1,4 +1,7 @@
-"""Helpers shared by the CLI's command modules: error handling and option parsing."""
+"""Helpers shared by the CLI's command modules: error handling, logging set-up and option
+parsing. Cheap to import (main.py's `--help` path): the error classes of the database, storage
+and worker layers are imported once a command has failed, the logging set-up's modules once a
+command runs."""
 
 from __future__ import annotations
 
@@ -9,16 +12,32 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
-from rich.markup import escape
-from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 
-from models.errors import StorageError
-from models.migrate import ensure_migrated
-from scheduler.cli import render
 from scheduler.errors import InputError, SchedulerError
-from workers.errors import WorkerError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_logging = {"wanted": False, "done": False}
+
+
+def configure_logging_before_commands() -> None:
+    """Have the next command set up logging before its body runs (the console entry point
+    asks for it; the CLI called in-process, e.g. by a test's CliRunner, does not)."""
+    _logging["wanted"] = True
+
+
+def _configure_logging() -> None:
+    if not _logging["wanted"] or _logging["done"]:
+        return
+    _logging["done"] = True
+    import logging  # lazy: only a command that runs logs
+
+    from models.settings import get_settings  # lazy: settings, only once a command runs
+    from workers.runtime.logsafe import install_log_filters  # lazy: as above
+
+    logging.basicConfig(level=get_settings().log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_filters()  # URLs logged without query strings or passwords, at every level
 
 
 def handle_errors(fn: F) -> F:
@@ -27,31 +46,66 @@ def handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _configure_logging()
         try:
-            try:
-                return fn(*args, **kwargs)
-            except (ProgrammingError, OperationalError) as exc:
-                _raise_if_not_migrated(exc)
-                raise
-        except SchedulerError as exc:
-            render.err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False,
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:
+            failure: BaseException = exc
+            if _is_schema_failure(exc):
+                try:
+                    _raise_if_not_migrated(exc)
+                except Exception as raised:  # DatabaseNotMigrated, or the check's own failure
+                    failure = raised
+            code, message = _explain(failure)
+            if code is None:
+                if failure is exc:
+                    raise
+                raise failure  # noqa: B904  (its context is the first failure, as before)
+            from rich.markup import escape  # lazy: rich, only for a failed command's message
+
+            from scheduler.cli import render  # lazy: as above
+
+            render.err.print(f"[red]error:[/red] {escape(message)}", highlight=False,
                              soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-        except WorkerError as exc:
-            render.err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False,
-                             soft_wrap=True)
-            raise typer.Exit(2) from None
-        except StorageError as exc:
-            render.err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False,
-                             soft_wrap=True)
-            raise typer.Exit(1) from None
-        except SQLAlchemyError as exc:
-            # Never the SQL or its values (they hold the user's data): the kind of failure.
-            render.err.print(f"[red]error:[/red] {escape(database_failure(exc))}",
-                             highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(code) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _is_schema_failure(exc: BaseException) -> bool:
+    """A ProgrammingError or OperationalError of SQLAlchemy (only loaded if SQLAlchemy is)."""
+    if "sqlalchemy" not in sys.modules:
+        return False
+    from sqlalchemy.exc import OperationalError, ProgrammingError  # lazy: loaded already
+
+    return isinstance(exc, (ProgrammingError, OperationalError))
+
+
+def _explain(exc: BaseException) -> tuple[int | None, str]:
+    """The exit code and one-line message of a domain error; (None, "") for any other
+    error (re-raised as it is). The layers' error classes are looked up only in modules
+    already imported: an error of a module never loaded cannot have been raised."""
+    if isinstance(exc, SchedulerError):
+        return exc.exit_code, str(exc)
+    if "workers.errors" in sys.modules:
+        from workers.errors import WorkerError  # lazy: loaded already (see the docstring)
+
+        if isinstance(exc, WorkerError):
+            return 2, str(exc)
+    if "models.errors" in sys.modules:
+        from models.errors import StorageError  # lazy: loaded already (see the docstring)
+
+        if isinstance(exc, StorageError):
+            return 1, str(exc)
+    if "sqlalchemy" in sys.modules:
+        from sqlalchemy.exc import SQLAlchemyError  # lazy: loaded already (see the docstring)
+
+        if isinstance(exc, SQLAlchemyError):
+            # Never the SQL or its values (they hold the user's data): the kind of failure.
+            return 1, database_failure(exc)
+    return None, ""
 
 
 def database_failure(exc: Exception) -> str:
@@ -70,11 +124,15 @@ def _raise_if_not_migrated(exc: Exception) -> None:
     text = str(exc)
     if any(sign in text for sign in ("no such table", "no such column",  # SQLite
                                      "UndefinedTable", "UndefinedColumn")):  # PostgreSQL
+        from models.migrate import ensure_migrated  # lazy: alembic, only on such a failure
+
         ensure_migrated()
 
 
 def warn_no_worker(message: str) -> None:
     """The no-worker warning of a distributed wait, on stderr (the wait goes on)."""
+    from scheduler.cli import render  # lazy: rich, only when there is a warning
+
     render.err.print(f"warning: {message}", highlight=False, markup=False, soft_wrap=True)
 
 

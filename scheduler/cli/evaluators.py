@@ -1,16 +1,16 @@
-"""`evalq online ...`: online evaluators ("streams") from the command line."""
+"""What `evalq online ...` does: online evaluators ("streams") from the command line (main.py
+declares the commands' arguments and imports this module when one of them runs)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
 from rich.table import Table
 from rich.text import Text
 
 from scheduler.cli import render
-from scheduler.cli.common import emit_json, handle_errors, parse_scorer
+from scheduler.cli.common import emit_json, parse_scorer
 from scheduler.evaluators import (
     add_evaluator,
     list_evaluators,
@@ -22,12 +22,6 @@ from scheduler.evaluators import (
 )
 from scheduler.reports.evaluator import Baseline, online_report
 from scheduler.reports.html import render_online_html, write_html
-
-online_app = typer.Typer(
-    help="Online evals: evaluators that score sampled production runs on a schedule "
-    "(Celery beat runs the tick: `celery -A workers beat`).",
-    no_args_is_help=True,
-)
 
 
 def _print_evaluators(rows: list[dict[str, Any]]) -> None:
@@ -43,32 +37,10 @@ def _print_evaluators(rows: list[dict[str, Any]]) -> None:
     render.out.print(table)
 
 
-@online_app.command("add")
-@handle_errors
-def add(
-    name: Annotated[str, typer.Argument(help="A unique name for the evaluator.")],
-    scorer: Annotated[list[str], typer.Option(
-        "--scorer", "-s", help="Scorer name or JSON spec (repeatable), e.g. plan_run_success "
-        "or '{\"type\": \"llm_rubric\", \"criteria\": \"...\"}'.")],
-    sample_rate: Annotated[float, typer.Option(help="Fraction of runs scored, in (0, 1]; "
-                                               "deterministic per run.")] = 1.0,
-    every: Annotated[str, typer.Option(help="How often a batch is claimed: 30s, 5m, 1h.")
-                     ] = "60s",
-    batch_size: Annotated[int, typer.Option(help="Most runs claimed per tick.")] = 200,
-    filter_: Annotated[list[str] | None, typer.Option(
-        "--filter", help="key=value on source, status, model or a metadata key "
-        "(repeatable; all must match).")] = None,
-    backfill_since: Annotated[str | None, typer.Option(
-        help="Also score runs created since this time (ISO 8601, or a duration ago: 24h). "
-        "Default: only runs created from now on.")] = None,
-    alert_threshold: Annotated[float | None, typer.Option(
-        help="Alert when a window's mean score falls below this (0-1).")] = None,
-    alert_window: Annotated[str, typer.Option(help="Window of the alert check.")] = "1h",
-    webhook: Annotated[str | None, typer.Option(
-        help="POST alerts to this URL (JSON), with retries.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-) -> None:
-    """Add an online evaluator; it starts on the next beat tick, no restart needed."""
+def add(name: str, *, scorer: list[str], sample_rate: float, every: str, batch_size: int,
+        filter_: list[str] | None, backfill_since: str | None, alert_threshold: float | None,
+        alert_window: str, webhook: str | None, as_json: bool) -> None:
+    """`evalq online add`."""
     row = add_evaluator(
         name, scorers=[parse_scorer(s) for s in scorer], sample_rate=sample_rate, every=every,
         batch_size=batch_size, filters=filter_, backfill_since=backfill_since,
@@ -81,71 +53,41 @@ def add(
                          f"sample {row['sample_rate']:g}, every {row['every_s']}s")
 
 
-@online_app.command("list")
-@handle_errors
-def list_(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False
-          ) -> None:
-    """Every online evaluator."""
+def list_(*, as_json: bool) -> None:
+    """`evalq online list`."""
     rows = list_evaluators()
     emit_json(rows) if as_json else _print_evaluators(rows)
 
 
-@online_app.command("pause")
-@handle_errors
-def pause(name: Annotated[str, typer.Argument(help="Evaluator name.")]) -> None:
-    """Stop claiming new runs (scores already claimed still complete)."""
+def pause(name: str) -> None:
+    """`evalq online pause`."""
     set_enabled(name, False)
     render.out.print(f"online evaluator {name!r} paused")
 
 
-@online_app.command("resume")
-@handle_errors
-def resume(name: Annotated[str, typer.Argument(help="Evaluator name.")]) -> None:
-    """Claim again, from where it stopped."""
+def resume(name: str) -> None:
+    """`evalq online resume`."""
     set_enabled(name, True)
     render.out.print(f"online evaluator {name!r} resumed")
 
 
-@online_app.command("remove")
-@handle_errors
-def remove(name: Annotated[str, typer.Argument(help="Evaluator name.")]) -> None:
-    """Delete an evaluator with its claims, alerts and scores."""
+def remove(name: str) -> None:
+    """`evalq online remove`."""
     remove_evaluator(name)
     render.out.print(f"online evaluator {name!r} removed")
 
 
-@online_app.command("tick")
-@handle_errors
-def tick(
-    name: Annotated[str | None, typer.Argument(help="Only this evaluator.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-) -> None:
-    """Run one tick now, whether due or not (embedded mode scores here; distributed mode
-    enqueues for the workers). Beat does this on schedule."""
+def tick(name: str | None, *, as_json: bool) -> None:
+    """`evalq online tick`."""
     result = tick_now(name)
     emit_json(result) if as_json else render.out.print(
         ", ".join(f"{k}: {v}" for k, v in result.items()))
 
 
-@online_app.command("report")
-@handle_errors
-def report(
-    name: Annotated[str, typer.Argument(help="Evaluator name.")],
-    window: Annotated[str, typer.Option(help="Window length: 15m, 1h, 1d.")] = "1h",
-    since: Annotated[str | None, typer.Option(
-        help="Start (ISO 8601 or a duration ago, e.g. 24h). Default: 24h ago.")] = None,
-    until: Annotated[str | None, typer.Option(help="End (default: now).")] = None,
-    baseline_since: Annotated[str | None, typer.Option(
-        help="Baseline period start: drift is a window mean outside its 95% CI.")] = None,
-    baseline_until: Annotated[str | None, typer.Option(help="Baseline period end.")] = None,
-    baseline_experiment: Annotated[int | None, typer.Option(
-        help="Use an offline experiment's scores as the baseline.")] = None,
-    html: Annotated[Path | None, typer.Option(
-        help="Also write a self-contained HTML page: each scorer's windowed mean with its "
-        "confidence band, drift marked.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-) -> None:
-    """Per window: runs scored, mean per scorer with its 95% CI, pass rate, drift flag."""
+def report(name: str, *, window: str, since: str | None, until: str | None,
+           baseline_since: str | None, baseline_until: str | None,
+           baseline_experiment: int | None, html: Path | None, as_json: bool) -> None:
+    """`evalq online report`."""
     baseline = None
     if baseline_experiment is not None:
         baseline = Baseline(experiment_id=baseline_experiment)

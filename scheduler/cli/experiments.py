@@ -1,14 +1,13 @@
-"""`evalq report | compare | rerun | resume | rescore`, and the CI gate and exit code of
-`evalq run`."""
+"""What `evalq compare | rerun | resume | rescore` do (main.py declares their arguments and
+imports this module when one of them runs), and the CI gate and exit code of `evalq run`."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import sqlalchemy as sa
-import typer
 from sqlmodel import col
 
 from models.crud import get_experiment
@@ -18,7 +17,7 @@ from models.tables import ExperimentStatus, Result, ResultStatus
 from scheduler.api import wait_for_experiment
 from scheduler.checks import resolve_scorer_specs
 from scheduler.cli import render
-from scheduler.cli.common import emit_json, handle_errors, parse_scorer, warn_no_worker
+from scheduler.cli.common import emit_json, parse_scorer, warn_no_worker
 from scheduler.errors import InputError
 from scheduler.experiments.datasets import resolve_dataset
 from scheduler.experiments.enqueue import default_scorers
@@ -26,59 +25,16 @@ from scheduler.experiments.reruns import rerun_failed, wait_for_rescore
 from scheduler.experiments.reruns import rescore as add_scorers
 from scheduler.experiments.reruns import resume as resume_run
 from scheduler.reports.compare import compare_experiments
-from scheduler.reports.experiment import build_report, experiment_report, load_items
+from scheduler.reports.experiment import experiment_report, load_items
 from scheduler.reports.gate import check_labels, evaluate_gate, parse_thresholds
-from scheduler.reports.html import render_compare_html, render_experiment_html, write_html
+from scheduler.reports.html import render_compare_html, write_html
 from scheduler.reports.junit import write_junit
 from workers.llm.calls import missing_credentials
 from workers.scoring import assertion_scorers
 
-AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
-ExperimentId = Annotated[int, typer.Argument(help="Experiment id.")]
-MaxFailures = Annotated[int, typer.Option(
-    "--max-failures", min=0, help="Exit 0 even if up to N items failed (their model call or "
-    "target errored). Default 0: any failed item exits 1. An experiment stopped early on a "
-    "permanent error (missing key, unknown model...) always exits 1.")]
 
-
-def report(
-    experiment_id: ExperimentId,
-    by: Annotated[str | None, typer.Option(
-        help="Break scores down by this metadata field (e.g. category).")] = None,
-    html: Annotated[Path | None, typer.Option(
-        help="Also write a self-contained HTML report (charts, filterable items) here.")
-    ] = None,
-    as_json: AsJson = False,
-) -> None:
-    """Scores (mean, standard error, 95% t interval, pass rate), counts, latency
-    p50/p95/p99, tokens, cost, wall time, items/s, and an optional breakdown."""
-    if html is None:  # the statistics' columns only (no inputs or outputs)
-        data = experiment_report(experiment_id, by=by)
-    else:
-        exp, dataset, rows = load_items(experiment_id)
-        data = build_report(exp, dataset, rows, by=by)
-        write_html(html, render_experiment_html(data, rows))
-    if as_json:
-        emit_json(data)
-        return
-    render.print_report(data)
-    if html is not None:
-        render.out.print(f"HTML report written to {html}")
-
-
-def compare(
-    baseline: Annotated[int, typer.Argument(help="Baseline experiment id.")],
-    candidate: Annotated[int, typer.Argument(help="Candidate experiment id.")],
-    html: Annotated[Path | None, typer.Option(help="Also write an HTML comparison here.")
-                    ] = None,
-    pairwise_model: Annotated[str | None, typer.Option(
-        help="Also have this LLM judge pick the better output of each item "
-        "(llm_pairwise, positions swapped).")] = None,
-    pairwise_api_base: Annotated[str | None, typer.Option(
-        help="Base URL of the pairwise judge.")] = None,
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 2000,
-    as_json: AsJson = False,
-) -> None:
+def compare(baseline: int, candidate: int, *, html: Path | None, pairwise_model: str | None,
+            pairwise_api_base: str | None, bootstrap: int, as_json: bool) -> None:
     """What changed between two experiments: per scorer the difference of means with a
     paired bootstrap 95% CI and a verdict, items that flipped, cost and latency deltas."""
     pairwise = None
@@ -93,14 +49,7 @@ def compare(
     render.print_comparison(data)
 
 
-def rerun(
-    experiment_id: ExperimentId,
-    failed: Annotated[bool, typer.Option(
-        "--failed", help="Re-run the items whose target failed (required: items that "
-        "scored low are not re-run).")] = False,
-    wait: Annotated[bool, typer.Option(help="Wait and print the report.")] = True,
-    as_json: AsJson = False,
-) -> None:
+def rerun(experiment_id: int, *, failed: bool, wait: bool, as_json: bool) -> None:
     """Re-run failed items in the same experiment."""
     if not failed:
         raise InputError("say what to re-run: `evalq rerun ID --failed`")
@@ -108,11 +57,7 @@ def rerun(
     _after_enqueue(experiment_id, count, "failed items re-enqueued", wait, as_json)
 
 
-def resume(
-    experiment_id: ExperimentId,
-    wait: Annotated[bool, typer.Option(help="Wait and print the report.")] = True,
-    as_json: AsJson = False,
-) -> None:
+def resume(experiment_id: int, *, wait: bool, as_json: bool) -> None:
     """Enqueue every item of the experiment that never finished (after a crash)."""
     count = resume_run(experiment_id)
     _after_enqueue(experiment_id, count, "unfinished items enqueued", wait, as_json)
@@ -131,13 +76,7 @@ def _after_enqueue(experiment_id: int, count: int, what: str, wait: bool, as_jso
         if as_json else render.print_report(data)
 
 
-def rescore(
-    experiment_id: ExperimentId,
-    scorer: Annotated[list[str], typer.Option(
-        "--scorer", "-s", help="Scorer to add (name or JSON spec), repeatable. One the "
-        "experiment already has (same type, version and parameters) is not added again.")],
-    as_json: AsJson = False,
-) -> None:
+def rescore(experiment_id: int, *, scorer: list[str], as_json: bool) -> None:
     """Add scorers to a completed experiment, scoring its stored outputs (the target is
     not called again). Idempotent: a scorer it already has is said and skipped."""
     plan = add_scorers(experiment_id, [parse_scorer(s) for s in scorer])
@@ -292,8 +231,3 @@ def run_exit_code(report_data: dict[str, Any], gate: Any, *, max_failures: int =
         return 1
     return 0 if gate is None or gate.ok else 1
 
-
-def register(app: typer.Typer) -> None:
-    """Add this module's commands to the main CLI."""
-    for fn in (report, compare, rerun, resume, rescore):
-        app.command(fn.__name__)(handle_errors(fn))

@@ -1,25 +1,19 @@
-"""`evalq ingest | serve`: production runs for online evals, from a JSONL file or over HTTP."""
+"""What `evalq ingest | serve` do (main.py declares their arguments and imports this module
+when one of them runs): production runs for online evals, from a JSONL file or over HTTP."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
 import typer
 from rich.markup import escape
 
 from scheduler.cli import render
-from scheduler.cli.common import emit_json, handle_errors
+from scheduler.cli.common import emit_json
 from scheduler.ingest.records import ingest_file
 
 
-def ingest(
-    file: Annotated[Path, typer.Argument(help="JSONL file of production runs, one a line.",
-                                         exists=True, dir_okay=False)],
-    source: Annotated[str, typer.Option(help="Source name of these runs (a run's own "
-                                        "\"source\" wins).")] = "default",
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-) -> None:
+def ingest(file: Path, *, source: str, as_json: bool) -> None:
     """Store production runs for online evals (idempotent on source + run id). Bad lines
     are reported as FILE:LINE and skipped; good lines are kept. Exit 2 if any line was bad."""
     summary = ingest_file(file, source=source)
@@ -35,10 +29,7 @@ def ingest(
         raise typer.Exit(2)
 
 
-def serve(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-) -> None:
+def serve(*, host: str, port: int) -> None:
     """HTTP ingestion endpoint: POST /runs (one run, a list, or {"runs": [...]}) with
     `Authorization: Bearer $EVALQ_INGEST_TOKEN`; GET /health."""
     # lazy: the HTTP server (starlette, uvicorn, ~50 ms) is not needed by the other commands
@@ -46,8 +37,3 @@ def serve(
 
     run_server(host=host, port=port)
 
-
-def register(app: typer.Typer) -> None:
-    """Add this module's commands to the main CLI."""
-    for fn in (ingest, serve):
-        app.command(fn.__name__)(handle_errors(fn))

@@ -1,46 +1,30 @@
-"""The `evalq` app: `run`, `status`, `list`, `scorers`, `demo` and `db`, and the console entry
-point; the other commands are added from their modules (experiments, ingest, workers,
-evaluators)."""
+"""The `evalq` app: every command's arguments, options and help (`evalq online ...` too), and
+the console entry point.
+
+Each command's body imports its implementation when the command runs (the `# lazy:` line),
+from runs.py (run, demo), reads.py (list, report), scorers.py, db.py, workers.py
+(workers, status), experiments.py (compare, rerun, resume, rescore), ingest.py (ingest,
+serve) or evaluators.py (online): `evalq --help` and `evalq CMD --help` import typer and
+this module only, never the database layer, Celery or the scorers.
+"""
 
 from __future__ import annotations
 
-import inspect
-import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.markup import escape
-from sqlmodel import col, select
 
-from models.crud import headline_scores, list_experiments
-from models.db import get_engine, safe_url, session_scope
-from models.migrate import current_revision, head_revision, upgrade
-from models.settings import get_settings
-from models.tables import Dataset
-from scheduler.api import wait_for_experiment
-from scheduler.cli import render
-from scheduler.cli.common import (
-    emit_json,
-    handle_errors,
-    parse_params,
-    parse_scorer,
-    warn_no_worker,
-)
-from scheduler.cli.evaluators import online_app
-from scheduler.cli.experiments import MaxFailures, check_gate, run_exit_code, run_gate
-from scheduler.cli.experiments import register as register_experiment_commands
-from scheduler.cli.ingest import register as register_ingest_commands
-from scheduler.cli.workers import print_liveness
-from scheduler.cli.workers import register as register_worker_commands
-from scheduler.errors import InputError
-from scheduler.experiments.enqueue import enqueue_offline_run
-from scheduler.experiments.wait import DONE_STATUSES, progress
-from scheduler.liveness import experiment_liveness
-from workers.runtime.logsafe import install_log_filters
-from workers.scorers import known_scorers
+from scheduler.cli.common import configure_logging_before_commands, handle_errors
+
+AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+ExperimentId = Annotated[int, typer.Argument(help="Experiment id.")]
+MaxFailures = Annotated[int, typer.Option(
+    "--max-failures", min=0, help="Exit 0 even if up to N items failed (their model call or "
+    "target errored). Default 0: any failed item exits 1. An experiment stopped early on a "
+    "permanent error (missing key, unknown model...) always exits 1.")]
 
 app = typer.Typer(
     name="evalq",
@@ -52,26 +36,14 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+online_app = typer.Typer(
+    help="Online evals: evaluators that score sampled production runs on a schedule "
+    "(Celery beat runs the tick: `celery -A workers beat`).",
+    no_args_is_help=True,
+)
 db_app = typer.Typer(help="Database schema: migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(online_app, name="online")
-
-
-def _wait_and_report(experiment_id: int, total: int, *, as_json: bool,
-                     timeout: float | None) -> dict[str, Any]:
-    show_bar = not as_json and render.err.is_terminal or os.environ.get("EVALQ_PROGRESS") == "1"
-    with render.progress_bar(total, enabled=show_bar) as update:
-        return wait_for_experiment(experiment_id, timeout=timeout, on_progress=update,
-                                   on_no_worker=warn_no_worker)
-
-
-def _summary_json(report: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "experiment_id": report["experiment_id"], "status": report["status"],
-        "counts": report["counts"],
-        "scores": {k: v["mean"] for k, v in report["scorers"].items()},
-        "report": report,
-    }
 
 
 @app.command()
@@ -129,47 +101,13 @@ def run(
     1 the experiment failed (reason on stderr), items failed, its --max-cost budget ran
     out before every item ran (budget_exceeded), or the gate failed; 2 bad input
     (a --fail-under label that is no scorer of the run included): nothing was run."""
-    if prompt and prompt_file:
-        raise InputError("give --prompt or --prompt-file, not both")
-    template = prompt_file.read_text(encoding="utf-8") if prompt_file else prompt
-    scorers = [parse_scorer(s) for s in scorer] if scorer else None
-    check_gate(dataset, scorers, fail_under=fail_under or [], baseline=baseline,
-               fail_on_regression=fail_on_regression)  # before anything is run or paid
-    experiment_id = enqueue_offline_run(
-        dataset=dataset, model=model, scorers=scorers,
-        prompt=template, repeats=repeats, model_params=parse_params(param or []), name=name,
-        api_base=api_base, target=target,
-        cache="auto" if cache is None else ("on" if cache else "off"), max_cost_usd=max_cost,
-    )
-    embedded = get_settings().embedded
-    if no_wait and not embedded:
-        emit_json({"experiment_id": experiment_id, "status": "running"}) if as_json else \
-            render.out.print(f"experiment {experiment_id} enqueued; follow it with "
-                             f"`evalq status {experiment_id}`")
-        return
-    if no_wait:
-        render.err.print("embedded mode (no EVALQ_BROKER_URL): running in this process "
-                         "before returning")
-    if not as_json:
-        render.err.print(f"experiment {experiment_id} started")
-    total = progress(experiment_id)["total"]
-    report = _wait_and_report(experiment_id, total, as_json=as_json, timeout=timeout)
-    gate = run_gate(report, fail_under=fail_under or [], baseline=baseline,
-                    fail_on_regression=fail_on_regression, junit=junit)
-    if as_json:
-        out = _summary_json(report)
-        if gate is not None:
-            out["gate"] = {"ok": gate.ok, "reasons": gate.reasons, "line": gate.line}
-        emit_json(out)
-    elif no_wait:
-        render.out.print(f"experiment {experiment_id} {report['status']}")
-    else:
-        render.print_report(report)
-    if gate is not None and not as_json:
-        render.out.print(gate.line, highlight=False)
-    code = run_exit_code(report, gate, max_failures=max_failures)
-    if code:
-        raise typer.Exit(code)
+    from scheduler.cli.runs import run as work  # lazy: enqueue path, database (~0.5 s)
+
+    work(dataset, model=model, scorer=scorer, target=target, prompt=prompt,
+         prompt_file=prompt_file, repeats=repeats, name=name, api_base=api_base, param=param,
+         no_wait=no_wait, as_json=as_json, timeout=timeout, cache=cache,
+         fail_under=fail_under, baseline=baseline, fail_on_regression=fail_on_regression,
+         junit=junit, max_cost=max_cost, max_failures=max_failures)
 
 
 @app.command()
@@ -182,14 +120,9 @@ def status(
     counts (failed: the target errored; skipped_budget: not run, the --max-cost budget was
     spent); in distributed mode also the messages waiting in each queue, the experiment's
     queued and running tasks, and the live workers (those holding its work by name)."""
-    state = progress(experiment_id)
-    extra = experiment_liveness(experiment_id, pending=0 if state["status"] in DONE_STATUSES
-                                else state["pending"])
-    if as_json:
-        emit_json({**state, **extra})
-        return
-    render.print_status(state)
-    print_liveness(extra)
+    from scheduler.cli.workers import status as work  # lazy: the database layer
+
+    work(experiment_id, as_json=as_json)
 
 
 @app.command("list")
@@ -200,21 +133,9 @@ def list_(
 ) -> None:
     """The newest experiments: name, dataset version, model, status, headline scores,
     cost, created."""
-    with session_scope() as session:
-        experiments = list_experiments(session=session, limit=limit)
-        scores = headline_scores(session=session,
-                                 experiment_ids=[e.id for e in experiments if e.id])
-        versions = {d.id: f"{d.name}@{d.version[:8]}" for d in session.exec(
-            select(Dataset).where(col(Dataset.id).in_({e.dataset_id for e in experiments})))}
-        rows = [
-            {"id": e.id, "name": e.name, "dataset": versions.get(e.dataset_id),
-             "model": e.model, "status": e.status, "done": e.n_done, "failed": e.n_failed,
-             "total": e.total_items, "scores": scores.get(e.id or 0, {}),
-             "cost_usd": round(e.cost_usd + e.judge_cost_usd, 6),
-             "created_at": e.created_at.isoformat()}
-            for e in experiments
-        ]
-    emit_json(rows) if as_json else render.print_experiments(rows)
+    from scheduler.cli.reads import list_experiments as work  # lazy: the database layer
+
+    work(limit=limit, as_json=as_json)
 
 
 @app.command()
@@ -223,23 +144,9 @@ def scorers(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
 ) -> None:
     """Every registered scorer with its version and parameters."""
-    listing: dict[str, dict[str, Any]] = {
-        name: {"version": info.version, "description": info.description,
-               "params": {k: {"required": v is inspect.Parameter.empty,
-                              "default": None if v is inspect.Parameter.empty else v}
-                          for k, v in info.parameters().items()}}
-        for name, info in known_scorers().items()
-    }
-    if as_json:
-        emit_json(listing)
-        return
-    for name, info in listing.items():
-        params = ", ".join(
-            f"{k} (required)" if p["required"] else f"{k}={p['default']!r}"
-            for k, p in info["params"].items()
-        ) or "no parameters"
-        render.out.print(f"[bold]{escape(name)}[/bold] v{escape(str(info['version']))}: "
-                         f"{escape(str(info['description']))}\n    {escape(params)}")
+    from scheduler.cli.scorers import scorers as work  # lazy: the scorer registry
+
+    work(as_json=as_json)
 
 
 @app.command()
@@ -248,51 +155,265 @@ def demo(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Run the shipped demo dataset on the built-in toy model: no key, no broker, no network."""
-    settings = get_settings()
-    if not settings.embedded:
-        os.environ.pop("EVALQ_BROKER_URL", None)
-        settings.broker_url = None  # the demo always runs embedded
-    experiment_id = enqueue_offline_run(
-        dataset="demo", model="evalq/toy", scorers=["exact_match", "contains"],
-        prompt="{question}", name="demo",
-    )
-    report_data = _wait_and_report(experiment_id, progress(experiment_id)["total"],
-                                   as_json=as_json, timeout=None)
-    if as_json:
-        emit_json(_summary_json(report_data))
-        return
-    render.print_report(report_data)
-    render.out.print(
-        f"\nNext: `evalq report {experiment_id} --json`, or run your own dataset: "
-        "`evalq run datasets/capitals.jsonl --model evalq/toy --prompt '{question}'`"
-    )
+    from scheduler.cli.runs import demo as work  # lazy: enqueue path, database
+
+    work(as_json=as_json)
 
 
-register_ingest_commands(app)
+@app.command()
+@handle_errors
+def ingest(
+    file: Annotated[Path, typer.Argument(help="JSONL file of production runs, one a line.",
+                                         exists=True, dir_okay=False)],
+    source: Annotated[str, typer.Option(help="Source name of these runs (a run's own "
+                                        "\"source\" wins).")] = "default",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Store production runs for online evals (idempotent on source + run id). Bad lines
+    are reported as FILE:LINE and skipped; good lines are kept. Exit 2 if any line was bad."""
+    from scheduler.cli.ingest import ingest as work  # lazy: the database layer
+
+    work(file, source=source, as_json=as_json)
+
+
+@app.command()
+@handle_errors
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+) -> None:
+    """HTTP ingestion endpoint: POST /runs (one run, a list, or {"runs": [...]}) with
+    `Authorization: Bearer $EVALQ_INGEST_TOKEN`; GET /health."""
+    from scheduler.cli.ingest import serve as work  # lazy: the HTTP server, the database
+
+    work(host=host, port=port)
+
+
+@app.command()
+@handle_errors
+def report(
+    experiment_id: ExperimentId,
+    by: Annotated[str | None, typer.Option(
+        help="Break scores down by this metadata field (e.g. category).")] = None,
+    html: Annotated[Path | None, typer.Option(
+        help="Also write a self-contained HTML report (charts, filterable items) here.")
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Scores (mean, standard error, 95% t interval, pass rate), counts, latency
+    p50/p95/p99, tokens, cost, wall time, items/s, and an optional breakdown."""
+    from scheduler.cli.reads import report as work  # lazy: the database, the reports
+
+    work(experiment_id, by=by, html=html, as_json=as_json)
+
+
+@app.command()
+@handle_errors
+def compare(
+    baseline: Annotated[int, typer.Argument(help="Baseline experiment id.")],
+    candidate: Annotated[int, typer.Argument(help="Candidate experiment id.")],
+    html: Annotated[Path | None, typer.Option(help="Also write an HTML comparison here.")
+                    ] = None,
+    pairwise_model: Annotated[str | None, typer.Option(
+        help="Also have this LLM judge pick the better output of each item "
+        "(llm_pairwise, positions swapped).")] = None,
+    pairwise_api_base: Annotated[str | None, typer.Option(
+        help="Base URL of the pairwise judge.")] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 2000,
+    as_json: AsJson = False,
+) -> None:
+    """What changed between two experiments: per scorer the difference of means with a
+    paired bootstrap 95% CI and a verdict, items that flipped, cost and latency deltas."""
+    from scheduler.cli.experiments import compare as work  # lazy: the database, the reports
+
+    work(baseline, candidate, html=html, pairwise_model=pairwise_model,
+         pairwise_api_base=pairwise_api_base, bootstrap=bootstrap, as_json=as_json)
+
+
+@app.command()
+@handle_errors
+def rerun(
+    experiment_id: ExperimentId,
+    failed: Annotated[bool, typer.Option(
+        "--failed", help="Re-run the items whose target failed (required: items that "
+        "scored low are not re-run).")] = False,
+    wait: Annotated[bool, typer.Option(help="Wait and print the report.")] = True,
+    as_json: AsJson = False,
+) -> None:
+    """Re-run failed items in the same experiment."""
+    from scheduler.cli.experiments import rerun as work  # lazy: enqueue path, database
+
+    work(experiment_id, failed=failed, wait=wait, as_json=as_json)
+
+
+@app.command()
+@handle_errors
+def resume(
+    experiment_id: ExperimentId,
+    wait: Annotated[bool, typer.Option(help="Wait and print the report.")] = True,
+    as_json: AsJson = False,
+) -> None:
+    """Enqueue every item of the experiment that never finished (after a crash)."""
+    from scheduler.cli.experiments import resume as work  # lazy: enqueue path, database
+
+    work(experiment_id, wait=wait, as_json=as_json)
+
+
+@app.command()
+@handle_errors
+def rescore(
+    experiment_id: ExperimentId,
+    scorer: Annotated[list[str], typer.Option(
+        "--scorer", "-s", help="Scorer to add (name or JSON spec), repeatable. One the "
+        "experiment already has (same type, version and parameters) is not added again.")],
+    as_json: AsJson = False,
+) -> None:
+    """Add scorers to a completed experiment, scoring its stored outputs (the target is
+    not called again). Idempotent: a scorer it already has is said and skipped."""
+    from scheduler.cli.experiments import rescore as work  # lazy: enqueue path, database
+
+    work(experiment_id, scorer=scorer, as_json=as_json)
+
+
+@app.command()
+@handle_errors
+def workers(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Live workers (a heartbeat in the last EVALQ_WORKER_DEAD_AFTER_S seconds): host,
+    pid, queues, concurrency, last heartbeat, tasks held and their experiments; and the
+    workers that stopped or died in the last hour."""
+    from scheduler.cli.workers import workers as work  # lazy: the database, the broker
+
+    work(as_json=as_json)
 
 
 @db_app.command("upgrade")
 @handle_errors
 def db_upgrade() -> None:
     """Apply every pending migration to EVALQ_DATABASE_URL (safe to run again)."""
-    before, after = upgrade()
-    url = safe_url(get_settings().database_url)
-    if before == after:
-        render.out.print(f"{url} is up to date (revision {after})")
-    else:
-        render.out.print(f"{url} upgraded from {before or 'empty'} to revision {after}")
+    from scheduler.cli.db import db_upgrade as work  # lazy: alembic, the database
+
+    work()
 
 
 @db_app.command("current")
 @handle_errors
 def db_current() -> None:
     """Show the revision the database is at and the one this evalq needs."""
-    render.out.print(f"database: {current_revision(get_engine()) or 'empty'}, "
-                     f"code: {head_revision()}")
+    from scheduler.cli.db import db_current as work  # lazy: alembic, the database
+
+    work()
 
 
-register_experiment_commands(app)
-register_worker_commands(app)
+
+@online_app.command("add")
+@handle_errors
+def online_add(
+    name: Annotated[str, typer.Argument(help="A unique name for the evaluator.")],
+    scorer: Annotated[list[str], typer.Option(
+        "--scorer", "-s", help="Scorer name or JSON spec (repeatable), e.g. plan_run_success "
+        "or '{\"type\": \"llm_rubric\", \"criteria\": \"...\"}'.")],
+    sample_rate: Annotated[float, typer.Option(help="Fraction of runs scored, in (0, 1]; "
+                                               "deterministic per run.")] = 1.0,
+    every: Annotated[str, typer.Option(help="How often a batch is claimed: 30s, 5m, 1h.")
+                     ] = "60s",
+    batch_size: Annotated[int, typer.Option(help="Most runs claimed per tick.")] = 200,
+    filter_: Annotated[list[str] | None, typer.Option(
+        "--filter", help="key=value on source, status, model or a metadata key "
+        "(repeatable; all must match).")] = None,
+    backfill_since: Annotated[str | None, typer.Option(
+        help="Also score runs created since this time (ISO 8601, or a duration ago: 24h). "
+        "Default: only runs created from now on.")] = None,
+    alert_threshold: Annotated[float | None, typer.Option(
+        help="Alert when a window's mean score falls below this (0-1).")] = None,
+    alert_window: Annotated[str, typer.Option(help="Window of the alert check.")] = "1h",
+    webhook: Annotated[str | None, typer.Option(
+        help="POST alerts to this URL (JSON), with retries.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Add an online evaluator; it starts on the next beat tick, no restart needed."""
+    from scheduler.cli.evaluators import add as work  # lazy: the database layer
+
+    work(name, scorer=scorer, sample_rate=sample_rate, every=every, batch_size=batch_size,
+         filter_=filter_, backfill_since=backfill_since, alert_threshold=alert_threshold,
+         alert_window=alert_window, webhook=webhook, as_json=as_json)
+
+
+@online_app.command("list")
+@handle_errors
+def online_list(as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False
+          ) -> None:
+    """Every online evaluator."""
+    from scheduler.cli.evaluators import list_ as work  # lazy: the database layer
+
+    work(as_json=as_json)
+
+
+@online_app.command("pause")
+@handle_errors
+def online_pause(name: Annotated[str, typer.Argument(help="Evaluator name.")]) -> None:
+    """Stop claiming new runs (scores already claimed still complete)."""
+    from scheduler.cli.evaluators import pause as work  # lazy: the database layer
+
+    work(name)
+
+
+@online_app.command("resume")
+@handle_errors
+def online_resume(name: Annotated[str, typer.Argument(help="Evaluator name.")]) -> None:
+    """Claim again, from where it stopped."""
+    from scheduler.cli.evaluators import resume as work  # lazy: the database layer
+
+    work(name)
+
+
+@online_app.command("remove")
+@handle_errors
+def online_remove(name: Annotated[str, typer.Argument(help="Evaluator name.")]) -> None:
+    """Delete an evaluator with its claims, alerts and scores."""
+    from scheduler.cli.evaluators import remove as work  # lazy: the database layer
+
+    work(name)
+
+
+@online_app.command("tick")
+@handle_errors
+def online_tick(
+    name: Annotated[str | None, typer.Argument(help="Only this evaluator.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Run one tick now, whether due or not (embedded mode scores here; distributed mode
+    enqueues for the workers). Beat does this on schedule."""
+    from scheduler.cli.evaluators import tick as work  # lazy: the database layer
+
+    work(name, as_json=as_json)
+
+
+@online_app.command("report")
+@handle_errors
+def online_report(
+    name: Annotated[str, typer.Argument(help="Evaluator name.")],
+    window: Annotated[str, typer.Option(help="Window length: 15m, 1h, 1d.")] = "1h",
+    since: Annotated[str | None, typer.Option(
+        help="Start (ISO 8601 or a duration ago, e.g. 24h). Default: 24h ago.")] = None,
+    until: Annotated[str | None, typer.Option(help="End (default: now).")] = None,
+    baseline_since: Annotated[str | None, typer.Option(
+        help="Baseline period start: drift is a window mean outside its 95% CI.")] = None,
+    baseline_until: Annotated[str | None, typer.Option(help="Baseline period end.")] = None,
+    baseline_experiment: Annotated[int | None, typer.Option(
+        help="Use an offline experiment's scores as the baseline.")] = None,
+    html: Annotated[Path | None, typer.Option(
+        help="Also write a self-contained HTML page: each scorer's windowed mean with its "
+        "confidence band, drift marked.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Per window: runs scored, mean per scorer with its 95% CI, pass rate, drift flag."""
+    from scheduler.cli.evaluators import report as work  # lazy: the database layer
+
+    work(name, window=window, since=since, until=until, baseline_since=baseline_since,
+         baseline_until=baseline_until, baseline_experiment=baseline_experiment, html=html,
+         as_json=as_json)
 
 
 def main() -> None:
@@ -301,9 +422,9 @@ def main() -> None:
     # modules of the current directory.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    logging.basicConfig(level=get_settings().log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    install_log_filters()  # URLs logged without query strings or passwords, at every level
+    # Logging (level from the settings, secrets filtered out of every line) is set up
+    # before a command's body runs, never for --help or a usage error.
+    configure_logging_before_commands()
     app()
 
 

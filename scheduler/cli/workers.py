@@ -1,15 +1,15 @@
-"""`evalq workers`, and the liveness lines of `evalq status`."""
+"""What `evalq workers` and `evalq status` do (main.py declares their arguments and imports
+this module when one of them runs): who does the work, and how far an experiment is."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 from scheduler.cli import render
-from scheduler.cli.common import emit_json, handle_errors
-from scheduler.liveness import worker_command, workers_overview
+from scheduler.cli.common import emit_json
+from scheduler.experiments.wait import DONE_STATUSES, progress
+from scheduler.liveness import experiment_liveness, worker_command, workers_overview
 
 
 def ago(seconds: float) -> str:
@@ -42,9 +42,7 @@ def _say(text: str) -> None:
     render.out.print(text, highlight=False, markup=False, soft_wrap=True)
 
 
-def workers(
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-) -> None:
+def workers(*, as_json: bool) -> None:
     """Live workers (a heartbeat in the last EVALQ_WORKER_DEAD_AFTER_S seconds): host,
     pid, queues, concurrency, last heartbeat, tasks held and their experiments; and the
     workers that stopped or died in the last hour."""
@@ -101,6 +99,14 @@ def print_liveness(extra: dict[str, Any]) -> None:
                          soft_wrap=True)
 
 
-def register(app: typer.Typer) -> None:
-    """Add this module's commands to the main CLI."""
-    app.command("workers")(handle_errors(workers))
+
+def status(experiment_id: int, *, as_json: bool) -> None:
+    """`evalq status`: the experiment's progress, and in distributed mode its liveness."""
+    state = progress(experiment_id)
+    extra = experiment_liveness(experiment_id, pending=0 if state["status"] in DONE_STATUSES
+                                else state["pending"])
+    if as_json:
+        emit_json({**state, **extra})
+        return
+    render.print_status(state)
+    print_liveness(extra)

@@ -103,6 +103,10 @@ async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     return b"".join(chunks)
 
 
+class _TooDeep(_Refused):
+    """The body's nesting exhausted the parser's recursion limit."""
+
+
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -114,7 +118,7 @@ def _payload_runs(body: bytes) -> list[Any]:
     except UnicodeDecodeError:
         raise _Refused(400, "body is not UTF-8; send JSON encoded as UTF-8") from None
     except RecursionError:
-        raise _Refused(400, f"body nested far deeper than {MAX_JSON_DEPTH} levels of arrays "
+        raise _TooDeep(400, f"body nested far deeper than {MAX_JSON_DEPTH} levels of arrays "
                        "and objects, the most a run's field may hold") from None
     except ValueError as exc:  # JSONDecodeError is a ValueError
         raise _Refused(400, f"body is not valid JSON: {str(exc)[:160]}") from None
@@ -154,9 +158,13 @@ async def _ingest(body: bytes, source: str, max_batch: int, writes: GroupCommit
     """Parse, validate and store a body; answered once its rows are committed. A small
     body is parsed on the event loop (a thread hop costs more than parsing it); a large
     one in a worker thread, so the loop keeps serving others."""
+    rows = None
     if len(body) <= _INLINE_BYTES:
-        rows = _rows(body, source, max_batch)
-    else:
+        try:
+            rows = _rows(body, source, max_batch)
+        except _TooDeep:  # the loop's stack is deeper than a fresh thread's: parse there
+            rows = None
+    if rows is None:
         rows = await run_in_threadpool(_rows, body, source, max_batch)
     try:
         summary = await writes.store(rows)
